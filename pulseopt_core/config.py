@@ -1,0 +1,222 @@
+"""The AEES configuration: one frozen, hashable object, validated on construction.
+
+`AEESConfig` is hashable so it can be a static argument of `jax.jit`; every
+shape in the AEES state is a function of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+
+CONTROL_MODES = ("adaptive", "random")
+STRUCTURED_CONTROL_MODES = ("independent", "conditional")
+CONTEXT_MODES = ("none", "trend", "trend_phase")
+TIE_BREAKS = ("random", "lowest")
+
+TRENDS = ("improving", "stable", "worsening")
+PHASES = ("early", "middle", "late")
+
+
+def _candidates(name: str, values: object, *, allow_zero: bool) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"{name} must be a sequence of numbers, got {values!r}.")
+    if len(values) == 0:
+        raise ValueError(f"{name} must contain at least one value.")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{name} must contain only numbers, got {value!r}.")
+        value = float(value)
+        if not math.isfinite(value) or value < 0.0 or (value == 0.0 and not allow_zero):
+            bound = "non-negative" if allow_zero else "positive"
+            raise ValueError(f"{name} values must all be finite and {bound}, got {value!r}.")
+        out.append(value)
+    return tuple(out)
+
+
+def _integer(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}.")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN.")
+    return value
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class AEESConfig:
+    """Every knob of AEES, validated eagerly.
+
+    Attributes:
+      lr_candidates: multipliers applied to the inner optimizer's step. A single
+        candidate makes the LR axis a constant with no controller.
+      noise_candidates: standard deviations of Gaussian noise added to the
+        gradients. A single candidate makes the noise axis a constant.
+      episode_length: steps per episode; the arms are frozen within an episode.
+      control_mode: ``"adaptive"`` (discounted UCB) or ``"random"`` (a uniform arm
+        per episode, the baseline a bandit must beat).
+      structured_control_mode: ``"independent"`` (one noise controller) or
+        ``"conditional"`` (one noise controller per LR arm).
+      context_mode: ``"none"``, ``"trend"`` or ``"trend_phase"``: which coarse
+        context bucket selects the controller statistics used in an episode.
+      total_training_steps: the horizon that defines the phase in
+        ``"trend_phase"`` mode (required there, ignored with a warning elsewhere).
+      context_trend_window: how many recent episode-end losses define the trend.
+      context_trend_epsilon: slope below which the trend counts as stable.
+      reward_instability_lambda: weight of the loss-variance penalty.
+      reward_epsilon: added inside the logarithms and the variance normaliser.
+      reward_clip_min: lower clip of the reward.
+      reward_clip_max: upper clip of the reward.
+      ema_alpha: smoothing of the episode-local loss EMA, in (0, 1].
+      exploration_coef: UCB exploration coefficient.
+      discount: UCB discount per update, in (0, 1].
+      warmup_rounds: times each arm is tried before UCB scores are used.
+      seed: an int makes every decision and all noise reproducible; ``None``
+        draws fresh entropy when the state is initialised.
+      tie_break: ``"random"`` breaks ties between equally good arms at random;
+        ``"lowest"`` picks the lowest index (deterministic comparisons).
+      log_capacity: how many recent closed episodes the state keeps.
+    """
+
+    lr_candidates: tuple[float, ...] = (1.0,)
+    noise_candidates: tuple[float, ...] = (0.0,)
+    episode_length: int = 100
+    control_mode: str = "adaptive"
+    structured_control_mode: str = "independent"
+    context_mode: str = "none"
+    total_training_steps: int | None = None
+    context_trend_window: int = 3
+    context_trend_epsilon: float = 1e-3
+    reward_instability_lambda: float = 0.1
+    reward_epsilon: float = 1e-8
+    reward_clip_min: float = -1.0
+    reward_clip_max: float = 1.0
+    ema_alpha: float = 0.1
+    exploration_coef: float = 1.0
+    discount: float = 0.95
+    warmup_rounds: int = 1
+    seed: int | None = None
+    tie_break: str = "random"
+    log_capacity: int = 1024
+
+    def __post_init__(self) -> None:
+        fields = {
+            "control_mode": _choice("control_mode", self.control_mode, CONTROL_MODES),
+            "context_mode": _choice("context_mode", self.context_mode, CONTEXT_MODES),
+            "structured_control_mode": _choice(
+                "structured_control_mode", self.structured_control_mode, STRUCTURED_CONTROL_MODES
+            ),
+            "tie_break": _choice("tie_break", self.tie_break, TIE_BREAKS),
+            "lr_candidates": _candidates("lr_candidates", self.lr_candidates, allow_zero=False),
+            "noise_candidates": _candidates(
+                "noise_candidates", self.noise_candidates, allow_zero=True
+            ),
+            "episode_length": _integer("episode_length", self.episode_length, 1),
+            "context_trend_window": _integer("context_trend_window", self.context_trend_window, 1),
+            "warmup_rounds": _integer("warmup_rounds", self.warmup_rounds, 0),
+            "log_capacity": _integer("log_capacity", self.log_capacity, 1),
+        }
+        reals = {
+            name: _real(name, getattr(self, name))
+            for name in (
+                "context_trend_epsilon",
+                "reward_instability_lambda",
+                "reward_epsilon",
+                "reward_clip_min",
+                "reward_clip_max",
+                "ema_alpha",
+                "exploration_coef",
+                "discount",
+            )
+        }
+        if reals["context_trend_epsilon"] < 0.0:
+            raise ValueError("context_trend_epsilon must be non-negative.")
+        if reals["reward_epsilon"] <= 0.0:
+            raise ValueError("reward_epsilon must be positive.")
+        if reals["reward_instability_lambda"] < 0.0:
+            raise ValueError("reward_instability_lambda must be non-negative.")
+        if reals["reward_clip_min"] > reals["reward_clip_max"]:
+            raise ValueError("reward_clip_min must be <= reward_clip_max.")
+        if not 0.0 < reals["ema_alpha"] <= 1.0:
+            raise ValueError("ema_alpha must be in the interval (0, 1].")
+        if reals["exploration_coef"] < 0.0:
+            raise ValueError("exploration_coef must be non-negative.")
+        if not 0.0 < reals["discount"] <= 1.0:
+            raise ValueError("discount must be in the interval (0, 1].")
+        fields.update(reals)
+
+        total = self.total_training_steps
+        if fields["context_mode"] == "trend_phase":
+            if total is None:
+                raise ValueError(
+                    "total_training_steps is required when context_mode='trend_phase'."
+                )
+            fields["total_training_steps"] = _integer("total_training_steps", total, 1)
+        elif total is not None:
+            warnings.warn(
+                "total_training_steps is only used when context_mode='trend_phase'; "
+                f"it is ignored with context_mode={fields['context_mode']!r}.",
+                UserWarning,
+                stacklevel=3,
+            )
+            fields["total_training_steps"] = None
+
+        if self.seed is not None:
+            if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+                raise ValueError(f"seed must be an integer or None, got {self.seed!r}.")
+            fields["seed"] = int(self.seed)
+
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    # Derived, static facts used by the core to fix shapes.
+
+    @property
+    def num_lr_arms(self) -> int:
+        return len(self.lr_candidates)
+
+    @property
+    def num_noise_arms(self) -> int:
+        return len(self.noise_candidates)
+
+    @property
+    def num_noise_controllers(self) -> int:
+        """One noise controller, or one per LR arm in conditional mode."""
+        if self.structured_control_mode == "conditional" and self.num_lr_arms > 1:
+            return self.num_lr_arms
+        return 1
+
+    @property
+    def bucket_names(self) -> tuple[str, ...]:
+        """Context buckets in index order; empty without a context mode."""
+        if self.context_mode == "trend":
+            return TRENDS
+        if self.context_mode == "trend_phase":
+            return tuple(f"{phase}_{trend}" for phase in PHASES for trend in TRENDS)
+        return ()
+
+    @property
+    def num_buckets(self) -> int:
+        return len(self.bucket_names)
+
+    def replace(self, **changes: object) -> AEESConfig:
+        """A validated copy with some knobs changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,350 @@
+"""Episode bookkeeping: initialise, record a step, close an episode, pick the next arms.
+
+These are the functions both adapters run. Each takes the static `AEESConfig`
+first and returns a new `AEESState`; none has a Python branch on a traced
+value, so they jit (config static), vmap over states and run inside
+`jax.lax.scan`.
+
+Randomness: the state's ``rng_key`` never changes. The arms of episode ``e``
+use ``fold_in(fold_in(key, SELECT_STREAM), e)``; the gradient noise of step
+``t`` uses ``fold_in(fold_in(key, NOISE_STREAM), t)``. The same config, key
+and loss sequence therefore give the same decisions in every adapter, on
+every run, and after any checkpoint/resume.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import jax
+import jax.numpy as jnp
+
+from pulseopt_core import bandit, context, reward
+from pulseopt_core.config import AEESConfig
+from pulseopt_core.state import AEESState, Candidate, EpisodeLog, OpenEpisode
+
+SELECT_STREAM = 0
+NOISE_STREAM = 1
+
+
+def make_key(config: AEESConfig, key: jax.Array | int | None = None) -> jax.Array:
+    """The typed key a state is built on: ``key`` if given, else ``config.seed``.
+
+    With neither, fresh entropy is drawn, so runs differ.
+    """
+    if key is None:
+        key = config.seed if config.seed is not None else secrets.randbits(32)
+    if isinstance(key, int):
+        return jax.random.key(key)
+    key = jnp.asarray(key)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise ValueError(
+            f"key must be an int or a typed JAX key (jax.random.key), got {key.dtype}."
+        )
+    return key
+
+
+def _empty_log(config: AEESConfig) -> EpisodeLog:
+    dtype = bandit.float_dtype()
+    capacity = config.log_capacity
+    ints = dict.fromkeys(
+        (
+            "log_lr_index",
+            "log_noise_index",
+            "log_start_step",
+            "log_end_step",
+            "log_context_bucket",
+            "log_context_trend",
+            "log_context_phase",
+        ),
+        jnp.full((capacity,), -1, jnp.int32),
+    )
+    floats = {
+        name: jnp.full((capacity,), jnp.nan, dtype)
+        for name in EpisodeLog._fields
+        if name not in ints
+    }
+    return EpisodeLog(**ints, **floats)
+
+
+def _selected_values(
+    config: AEESConfig, lr_index: jax.Array, noise_index: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    dtype = bandit.float_dtype()
+    lr_values = jnp.asarray(config.lr_candidates, dtype)
+    noise_values = jnp.asarray(config.noise_candidates, dtype)
+    return lr_values[lr_index], noise_values[noise_index]
+
+
+def _noise_controller_of(config: AEESConfig, lr_index: jax.Array) -> jax.Array:
+    """Which noise controller belongs to an LR arm (always 0 unless conditional)."""
+    if config.num_noise_controllers == 1:
+        return jnp.zeros((), jnp.int32)
+    return lr_index
+
+
+def _open_episode(config: AEESConfig, state: AEESState) -> OpenEpisode:
+    """Choose the arms of the next episode (starting at ``state.global_step``)."""
+    select_key = jax.random.fold_in(
+        jax.random.fold_in(state.rng_key, SELECT_STREAM), state.episodes_closed
+    )
+    lr_key, noise_key = jax.random.split(select_key)
+    bucket, trend, phase = context.context_bucket(
+        config, state.trend_end_losses, state.trend_count, state.global_step
+    )
+    zero_index = jnp.zeros((), jnp.int32)
+    lr_index = (
+        bandit.controller_select(config, state.lr_controller, bucket, lr_key)
+        if config.num_lr_arms > 1
+        else zero_index
+    )
+    if config.num_noise_arms > 1:
+        owner = _noise_controller_of(config, lr_index)
+        noise_controller = jax.tree.map(lambda leaf: leaf[owner], state.noise_controller)
+        noise_index = bandit.controller_select(config, noise_controller, bucket, noise_key)
+    else:
+        noise_index = zero_index
+    lr_multiplier, noise_std = _selected_values(config, lr_index, noise_index)
+    zero = jnp.zeros((), bandit.float_dtype())
+    return OpenEpisode(
+        lr_index=lr_index,
+        noise_index=noise_index,
+        lr_multiplier=lr_multiplier,
+        noise_std=noise_std,
+        context_bucket=bucket,
+        context_trend=trend,
+        context_phase=phase,
+        start_step=state.global_step,
+        episode_steps=zero_index,
+        first_loss=zero,
+        last_loss=zero,
+        loss_ema=zero,
+        loss_mean=zero,
+        loss_m2=zero,
+        update_norm_sum=zero,
+        update_norm_count=zero_index,
+    )
+
+
+def init(config: AEESConfig, key: jax.Array | int | None = None) -> AEESState:
+    """A fresh state whose first episode's arms are already chosen.
+
+    Args:
+      config: the AEES configuration.
+      key: an int seed or a typed JAX key overriding ``config.seed`` (for example
+        one key per member of a vmapped population).
+
+    Returns:
+      The initial `AEESState`.
+
+    Example:
+      >>> import pulseopt_core as core
+      >>> config = core.AEESConfig(lr_candidates=(0.5, 1.0, 2.0), seed=0)
+      >>> state = core.init(config)
+      >>> float(core.current_candidate(state).lr_multiplier)
+      0.5
+    """
+    return _init(config, make_key(config, key))
+
+
+@jax.jit(static_argnums=0)
+def _init(config: AEESConfig, key: jax.Array) -> AEESState:
+    dtype = bandit.float_dtype()
+    int_zero = jnp.zeros((), jnp.int32)
+    noise_batch = (config.num_noise_controllers,)
+    state = AEESState(
+        lr_controller=bandit.init_controller(config, config.num_lr_arms),
+        noise_controller=bandit.init_controller(config, config.num_noise_arms, noise_batch),
+        episode=None,  # type: ignore[arg-type]
+        trend_end_losses=jnp.zeros((config.context_trend_window,), dtype),
+        trend_count=int_zero,
+        global_step=int_zero,
+        rng_key=key,
+        episodes_closed=int_zero,
+        skipped_steps=int_zero,
+        unscored_episodes=int_zero,
+        episode_log=_empty_log(config),
+    )
+    return state._replace(episode=_open_episode(config, state))
+
+
+def current_candidate(state: AEESState) -> Candidate:
+    """The LR multiplier, noise std and arm indices in force for the next step."""
+    episode = state.episode
+    return Candidate(
+        lr_multiplier=episode.lr_multiplier,
+        noise_std=episode.noise_std,
+        lr_index=episode.lr_index,
+        noise_index=episode.noise_index,
+    )
+
+
+def noise_key(state: AEESState) -> jax.Array:
+    """The key of this step's gradient noise (fold in a leaf index per leaf)."""
+    return jax.random.fold_in(jax.random.fold_in(state.rng_key, NOISE_STREAM), state.global_step)
+
+
+def _close_episode(config: AEESConfig, state: AEESState) -> AEESState:
+    """Score the open episode, update its controllers, log it, open the next one."""
+    episode = state.episode
+    score = reward.reward_from_statistics(
+        config,
+        episode.first_loss,
+        episode.loss_ema,
+        episode.loss_mean,
+        episode.loss_m2,
+        episode.episode_steps,
+    )
+    learn = score.scorable
+    bucket = episode.context_bucket
+
+    def learned(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(learn, a, b), new, old)
+
+    lr_controller = state.lr_controller
+    if config.num_lr_arms > 1:
+        updated = bandit.controller_update(
+            config, lr_controller, bucket, episode.lr_index, score.reward
+        )
+        lr_controller = learned(updated, lr_controller)
+    noise_controller = state.noise_controller
+    if config.num_noise_arms > 1:
+        owner = _noise_controller_of(config, episode.lr_index)
+        mine = jax.tree.map(lambda leaf: leaf[owner], noise_controller)
+        updated = bandit.controller_update(config, mine, bucket, episode.noise_index, score.reward)
+        updated = learned(updated, mine)
+        noise_controller = jax.tree.map(
+            lambda all_, one: all_.at[owner].set(one), noise_controller, updated
+        )
+
+    has_norm = episode.update_norm_count > 0
+    mean_norm = jnp.where(
+        has_norm,
+        episode.update_norm_sum
+        / jnp.maximum(episode.update_norm_count, 1).astype(episode.update_norm_sum.dtype),
+        jnp.nan,
+    )
+    entry = EpisodeLog(
+        log_lr_index=episode.lr_index,
+        log_noise_index=episode.noise_index,
+        log_start_step=episode.start_step,
+        log_end_step=episode.start_step + episode.episode_steps - 1,
+        log_start_loss=episode.first_loss,
+        log_end_loss=episode.last_loss,
+        log_ema_loss_start=episode.first_loss,
+        log_ema_loss_end=episode.loss_ema,
+        log_reward_base=score.base,
+        log_reward_instability=score.instability,
+        log_reward_penalty=score.penalty,
+        log_reward_unclipped=score.unclipped,
+        log_reward=score.reward,
+        log_mean_update_norm=mean_norm,
+        log_context_bucket=bucket,
+        log_context_trend=episode.context_trend,
+        log_context_phase=episode.context_phase,
+    )
+    slot = state.episodes_closed % config.log_capacity
+    episode_log = jax.tree.map(
+        lambda buffer, value: buffer.at[slot].set(value.astype(buffer.dtype)),
+        state.episode_log,
+        entry,
+    )
+    trend_end_losses, trend_count = context.push_end_loss(
+        state.trend_end_losses, state.trend_count, episode.last_loss
+    )
+    closed = state._replace(
+        lr_controller=lr_controller,
+        noise_controller=noise_controller,
+        trend_end_losses=trend_end_losses,
+        trend_count=trend_count,
+        episodes_closed=state.episodes_closed + 1,
+        unscored_episodes=state.unscored_episodes + (~learn).astype(jnp.int32),
+        episode_log=episode_log,
+    )
+    return closed._replace(episode=_open_episode(config, closed))
+
+
+def record_step(
+    config: AEESConfig,
+    state: AEESState,
+    loss: jax.Array | float,
+    update_norm: jax.Array | float | None = None,
+    *,
+    skip: jax.Array | bool = False,
+) -> AEESState:
+    """Record one training step; close the episode and pick new arms when it is full.
+
+    Args:
+      config: the AEES configuration (static under jit).
+      state: the current state.
+      loss: the loss at the parameters before this step's update.
+      update_norm: the L2 norm of this step's parameter update, or ``None`` if
+        not tracked (then ``mean_update_norms`` logs ``None``).
+      skip: when true the step is not recorded.
+
+    Returns:
+      The new state. A skipped step, or one whose loss or update norm is not
+      finite, leaves everything unchanged except ``skipped_steps`` (+1): a NaN
+      never reaches the episode statistics or the controllers.
+    """
+    dtype = bandit.float_dtype()
+    loss = jnp.asarray(loss).astype(dtype)
+    norm = jnp.zeros((), dtype) if update_norm is None else jnp.asarray(update_norm).astype(dtype)
+    valid = jnp.isfinite(loss) & jnp.isfinite(norm) & ~jnp.asarray(skip, bool)
+    safe_loss = jnp.where(valid, loss, 0.0)
+    safe_norm = jnp.where(valid, norm, 0.0)
+
+    episode = state.episode
+    steps, first, ema, mean, m2 = reward.accumulate_loss(
+        config,
+        episode.episode_steps,
+        episode.first_loss,
+        episode.loss_ema,
+        episode.loss_mean,
+        episode.loss_m2,
+        safe_loss,
+    )
+    counted = episode._replace(
+        episode_steps=steps,
+        first_loss=first,
+        last_loss=safe_loss,
+        loss_ema=ema,
+        loss_mean=mean,
+        loss_m2=m2,
+        update_norm_sum=episode.update_norm_sum + safe_norm,
+        update_norm_count=episode.update_norm_count + int(update_norm is not None),
+    )
+    advanced = state._replace(episode=counted, global_step=state.global_step + 1)
+    advanced = jax.lax.cond(
+        steps >= config.episode_length,
+        lambda s: _close_episode(config, s),
+        lambda s: s,
+        advanced,
+    )
+    skipped = state._replace(skipped_steps=state.skipped_steps + 1)
+    return jax.tree.map(lambda a, b: jnp.where(valid, a, b), advanced, skipped)
+
+
+def finalize(config: AEESConfig, state: AEESState) -> AEESState:
+    """Close a partial episode (one with at least one step) and open the next one."""
+    return jax.lax.cond(
+        state.episode.episode_steps > 0,
+        lambda s: _close_episode(config, s),
+        lambda s: s,
+        state,
+    )
+
+
+def restart_episode_at(
+    config: AEESConfig, state: AEESState, global_step: jax.Array | int
+) -> AEESState:
+    """Move the step counter; an episode with no steps yet re-picks its arms there.
+
+    Used by adapters whose caller numbers the steps itself. Only the phase of
+    the context can change the choice, since nothing else has changed.
+    """
+    moved = state._replace(global_step=jnp.asarray(global_step, jnp.int32))
+    fresh = moved._replace(episode=_open_episode(config, moved))
+    return jax.tree.map(
+        lambda a, b: jnp.where(state.episode.episode_steps == 0, a, b), fresh, moved
+    )

@@ -1,0 +1,118 @@
+"""Turning the in-state episode log into the published dict of Python lists.
+
+This is host-side code (it reads arrays back); call it outside `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from pulseopt_core.config import PHASES, TRENDS, AEESConfig
+from pulseopt_core.state import AEESState, EpisodeLog
+
+LOG_KEYS = (
+    "selected_lr_indices",
+    "selected_noise_indices",
+    "selected_lr_values",
+    "selected_noise_values",
+    "selected_combined_names",
+    "episode_rewards",
+    "episode_start_steps",
+    "episode_end_steps",
+    "episode_start_losses",
+    "episode_end_losses",
+    "episode_ema_loss_starts",
+    "episode_ema_loss_ends",
+    "reward_base",
+    "reward_instability",
+    "reward_penalty",
+    "reward_final_unclipped",
+    "reward_final_clipped",
+    "mean_update_norms",
+)
+CONTEXT_LOG_KEYS = (
+    "context_bucket_ids",
+    "context_bucket_names",
+    "context_trends",
+    "context_phases",
+)
+
+_FLOAT_FIELDS = {
+    "episode_rewards": "log_reward",
+    "episode_start_losses": "log_start_loss",
+    "episode_end_losses": "log_end_loss",
+    "episode_ema_loss_starts": "log_ema_loss_start",
+    "episode_ema_loss_ends": "log_ema_loss_end",
+    "reward_base": "log_reward_base",
+    "reward_instability": "log_reward_instability",
+    "reward_penalty": "log_reward_penalty",
+    "reward_final_unclipped": "log_reward_unclipped",
+    "reward_final_clipped": "log_reward",
+}
+
+
+def _format_number(value: float) -> str:
+    return ("%.12g" % value).replace("-", "m").replace(".", "p")
+
+
+def candidate_name(lr_multiplier: float, noise_std: float) -> str:
+    """The combined arm name, e.g. ``candidate_name(0.5, 0.005) == "lr0p5_n0p005"``."""
+    return f"lr{_format_number(lr_multiplier)}_n{_format_number(noise_std)}"
+
+
+def empty_logs(config: AEESConfig) -> dict[str, list[Any]]:
+    """The logs dict with every key and no episodes."""
+    keys = LOG_KEYS + (CONTEXT_LOG_KEYS if config.context_mode != "none" else ())
+    return {key: [] for key in keys}
+
+
+def log_entries(config: AEESConfig, log: EpisodeLog, slots: np.ndarray) -> dict[str, list[Any]]:
+    """Logs for the given ring-buffer slots of ``log``, in the order of ``slots``."""
+    rows = {
+        name: np.asarray(jax.device_get(column))[slots] for name, column in log._asdict().items()
+    }
+    out = empty_logs(config)
+    lr_indices = [int(i) for i in rows["log_lr_index"]]
+    noise_indices = [int(i) for i in rows["log_noise_index"]]
+    out["selected_lr_indices"] = lr_indices
+    out["selected_noise_indices"] = noise_indices
+    out["selected_lr_values"] = [config.lr_candidates[i] for i in lr_indices]
+    out["selected_noise_values"] = [config.noise_candidates[i] for i in noise_indices]
+    out["selected_combined_names"] = [
+        candidate_name(config.lr_candidates[i], config.noise_candidates[j])
+        for i, j in zip(lr_indices, noise_indices, strict=True)
+    ]
+    out["episode_start_steps"] = [int(s) for s in rows["log_start_step"]]
+    out["episode_end_steps"] = [int(s) for s in rows["log_end_step"]]
+    for key, field in _FLOAT_FIELDS.items():
+        out[key] = [float(v) for v in rows[field]]
+    out["mean_update_norms"] = [
+        None if math.isnan(float(v)) else float(v) for v in rows["log_mean_update_norm"]
+    ]
+    if config.context_mode != "none":
+        names = config.bucket_names
+        out["context_bucket_ids"] = [names[int(b)] for b in rows["log_context_bucket"]]
+        out["context_bucket_names"] = list(out["context_bucket_ids"])
+        out["context_trends"] = [TRENDS[int(t)] for t in rows["log_context_trend"]]
+        out["context_phases"] = [
+            PHASES[int(p)] if int(p) >= 0 else None for p in rows["log_context_phase"]
+        ]
+    return out
+
+
+def episode_logs(config: AEESConfig, state: AEESState) -> dict[str, list[Any]]:
+    """The last ``min(episodes_closed, log_capacity)`` closed episodes, oldest first.
+
+    Returns a dict of Python lists with the published keys (the context keys
+    only with a context mode). Unscored episodes show NaN rewards; episodes
+    without update norms show ``None`` in ``mean_update_norms``.
+    """
+    closed = int(jax.device_get(state.episodes_closed))
+    capacity = config.log_capacity
+    first = max(0, closed - capacity)
+    slots = np.arange(first, closed) % capacity
+    return log_entries(config, state.episode_log, slots)

@@ -1,0 +1,180 @@
+"""The AEES state: NamedTuple pytrees of arrays whose shapes the config fixes.
+
+Shapes use these names: ``L`` LR arms, ``N`` noise arms, ``M`` noise
+controllers (``L`` in conditional mode with several LR arms, else 1), ``B``
+context buckets (0 without a context mode), ``W`` the trend window and ``C``
+the log capacity. ``f`` is the core's float dtype: float32, or float64 when
+JAX's x64 mode is on. Field names are unique across the whole state so that
+``optax.tree.get(state, name)`` finds exactly one leaf.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+
+class UCBStats(NamedTuple):
+    """Discounted-UCB statistics of one controller (leading axes are batch axes).
+
+    Attributes:
+      discounted_counts: ``f[..., k]`` discounted number of updates per arm.
+      discounted_reward_sums: ``f[..., k]`` discounted sum of rewards per arm.
+      warmup_counts: ``i32[..., k]`` undiscounted number of updates per arm.
+      total_updates: ``i32[...]`` number of updates received.
+    """
+
+    discounted_counts: jax.Array
+    discounted_reward_sums: jax.Array
+    warmup_counts: jax.Array
+    total_updates: jax.Array
+
+
+class ControllerState(NamedTuple):
+    """A global-prior UCB plus one UCB per context bucket.
+
+    A bucket that was never updated reads as the global prior; its own copy
+    starts from the prior on its first update (the first time it is used).
+
+    Attributes:
+      prior: statistics with arm axis ``k`` (and the controller axis, if any).
+      buckets: per-bucket statistics, bucket axis just before the arm axis.
+      bucket_initialized: ``bool[..., B]`` whether a bucket owns its statistics.
+    """
+
+    prior: UCBStats
+    buckets: UCBStats
+    bucket_initialized: jax.Array
+
+
+class OpenEpisode(NamedTuple):
+    """The arms chosen for the open episode and its running accumulators.
+
+    Attributes:
+      lr_index: ``i32[]`` selected LR arm.
+      noise_index: ``i32[]`` selected noise arm.
+      lr_multiplier: ``f[]`` the selected LR multiplier.
+      noise_std: ``f[]`` the selected gradient-noise standard deviation.
+      context_bucket: ``i32[]`` bucket the arms were chosen in (-1: no context).
+      context_trend: ``i32[]`` index into ``TRENDS`` (-1: no context).
+      context_phase: ``i32[]`` index into ``PHASES`` (-1: no phase).
+      start_step: ``i32[]`` global step of the episode's first step.
+      episode_steps: ``i32[]`` steps recorded so far.
+      first_loss: ``f[]`` loss of the first step.
+      last_loss: ``f[]`` loss of the latest step.
+      loss_ema: ``f[]`` episode-local EMA of the loss (starts at the first loss).
+      loss_mean: ``f[]`` running mean of the losses (Welford).
+      loss_m2: ``f[]`` running sum of squared deviations (Welford).
+      update_norm_sum: ``f[]`` sum of the recorded update norms.
+      update_norm_count: ``i32[]`` how many steps recorded an update norm.
+    """
+
+    lr_index: jax.Array
+    noise_index: jax.Array
+    lr_multiplier: jax.Array
+    noise_std: jax.Array
+    context_bucket: jax.Array
+    context_trend: jax.Array
+    context_phase: jax.Array
+    start_step: jax.Array
+    episode_steps: jax.Array
+    first_loss: jax.Array
+    last_loss: jax.Array
+    loss_ema: jax.Array
+    loss_mean: jax.Array
+    loss_m2: jax.Array
+    update_norm_sum: jax.Array
+    update_norm_count: jax.Array
+
+
+class EpisodeLog(NamedTuple):
+    """Ring buffer of the last ``C`` closed episodes, one ``[C]`` array per field.
+
+    Unscored episodes carry NaN rewards; episodes without update norms carry a
+    NaN ``log_mean_update_norm``.
+    """
+
+    log_lr_index: jax.Array
+    log_noise_index: jax.Array
+    log_start_step: jax.Array
+    log_end_step: jax.Array
+    log_start_loss: jax.Array
+    log_end_loss: jax.Array
+    log_ema_loss_start: jax.Array
+    log_ema_loss_end: jax.Array
+    log_reward_base: jax.Array
+    log_reward_instability: jax.Array
+    log_reward_penalty: jax.Array
+    log_reward_unclipped: jax.Array
+    log_reward: jax.Array
+    log_mean_update_norm: jax.Array
+    log_context_bucket: jax.Array
+    log_context_trend: jax.Array
+    log_context_phase: jax.Array
+
+
+class AEESState(NamedTuple):
+    """Everything AEES knows, as one pytree of arrays.
+
+    Attributes:
+      lr_controller: LR-arm statistics, arm axis ``L``.
+      noise_controller: noise-arm statistics, shapes ``[M, ..., N]``.
+      episode: the open episode (its arms are always already chosen).
+      trend_end_losses: ``f[W]`` the last episode-end losses, newest last.
+      trend_count: ``i32[]`` how many entries of ``trend_end_losses`` are valid.
+      global_step: ``i32[]`` the step the next recorded loss belongs to.
+      rng_key: typed PRNG key every random choice derives from.
+      episodes_closed: ``i32[]`` closed episodes, scored or not.
+      skipped_steps: ``i32[]`` steps the core ignored (non-finite or skipped).
+      unscored_episodes: ``i32[]`` closed episodes whose reward was undefined.
+      episode_log: the last ``C`` closed episodes.
+    """
+
+    lr_controller: ControllerState
+    noise_controller: ControllerState
+    episode: OpenEpisode
+    trend_end_losses: jax.Array
+    trend_count: jax.Array
+    global_step: jax.Array
+    rng_key: jax.Array
+    episodes_closed: jax.Array
+    skipped_steps: jax.Array
+    unscored_episodes: jax.Array
+    episode_log: EpisodeLog
+
+
+class RewardBreakdown(NamedTuple):
+    """The reward of one episode and its parts (NaN where unscorable).
+
+    Attributes:
+      base: ``log(ema_start + eps) - log(ema_end + eps)``.
+      instability: population variance over ``mean**2 + eps``.
+      penalty: ``reward_instability_lambda * instability``.
+      unclipped: ``base - penalty``.
+      reward: ``unclipped`` clipped to ``[reward_clip_min, reward_clip_max]``.
+      scorable: ``bool[]`` whether both logarithms were defined.
+    """
+
+    base: jax.Array
+    instability: jax.Array
+    penalty: jax.Array
+    unclipped: jax.Array
+    reward: jax.Array
+    scorable: jax.Array
+
+
+class Candidate(NamedTuple):
+    """The arms in force for the current step.
+
+    Attributes:
+      lr_multiplier: ``f[]`` multiplier on the inner optimizer's update.
+      noise_std: ``f[]`` gradient-noise standard deviation.
+      lr_index: ``i32[]`` index into ``lr_candidates``.
+      noise_index: ``i32[]`` index into ``noise_candidates``.
+    """
+
+    lr_multiplier: jax.Array
+    noise_std: jax.Array
+    lr_index: jax.Array
+    noise_index: jax.Array
