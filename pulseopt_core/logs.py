@@ -56,7 +56,7 @@ _FLOAT_FIELDS = {
 
 
 def _format_number(value: float) -> str:
-    return ("%.12g" % value).replace("-", "m").replace(".", "p")
+    return f"{value:.12g}".replace("-", "m").replace(".", "p")
 
 
 def candidate_name(lr_multiplier: float, noise_std: float) -> str:
