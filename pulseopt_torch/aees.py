@@ -1,0 +1,457 @@
+"""`AEES`: episodic LR-multiplier and gradient-noise control around any `torch.optim` optimizer.
+
+The wrapper only moves values between PyTorch and the shared JAX core: every
+decision (which arms an episode uses, rewards, controller statistics, logs)
+comes from `pulseopt_core`, the same functions the optax adapter runs. The
+core runs on JAX's CPU device in float64 (see `pulseopt_torch._runtime`).
+
+A host-side mirror of the episode counters tells the wrapper when an episode
+closes, because that happens exactly when the number of recorded steps reaches
+``episode_length``. So the core's state is read back to the host once per
+episode (the new arms and the closed episode's log entry); every other step
+only dispatches `core.record_step` asynchronously.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import secrets
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import pulseopt_core as core
+from pulseopt_core.logs import empty_logs, log_entries
+from pulseopt_torch import _runtime
+from pulseopt_torch._noise import GradientNoise
+from pulseopt_torch._update_norm import UpdateNormTracker
+from pulseopt_torch.candidate import CandidateConfig
+
+# The core counts steps in int32.
+_MAX_GLOBAL_STEP = 2**31 - 1
+_STATE_DICT_VERSION = 1
+
+
+class AEES:
+    """Adaptive episodic control of an optimizer's LR multiplier and gradient noise.
+
+    Training is cut into episodes of ``episode_length`` steps. Before each
+    episode a discounted-UCB bandit picks an LR multiplier and a noise standard
+    deviation from the candidates; during the episode every ``optimizer.step()``
+    runs with each param group's ``lr`` multiplied for that call only, after
+    Gaussian noise was added to every gradient; at the end the episode is scored
+    by how much the loss improved and the bandit learns from it.
+
+    Args:
+      optimizer: any `torch.optim.Optimizer`; AEES calls its ``step()``.
+      lr_candidates, noise_candidates, episode_length, control_mode,
+      structured_control_mode, context_mode, total_training_steps,
+      context_trend_window, context_trend_epsilon, reward_instability_lambda,
+      reward_epsilon, reward_clip_min, reward_clip_max, ema_alpha,
+      exploration_coef, discount, warmup_rounds, seed, tie_break, log_capacity:
+        the knobs of `pulseopt_core.AEESConfig`, with the same defaults.
+        ``log_capacity`` bounds only the core's in-state log: `get_logs` keeps
+        every episode. With ``seed=None`` a seed is drawn once (and, under
+        ``torch.distributed``, shared from rank 0).
+      lr_scheduler: stepped by AEES after every applied optimizer step.
+      track_update_norm: record the L2 norm of each step's parameter update
+        (one parameter-sized buffer, allocated once). With ``False`` nothing
+        parameter-sized is allocated and ``mean_update_norms`` logs ``None``.
+      skip_nonfinite: on a NaN/Inf loss, skip the step (no optimizer or
+        scheduler step, nothing recorded, counted in the core's
+        ``skipped_steps``) instead of raising ``ValueError``; for AMP loops.
+
+    Example:
+      >>> model = torch.nn.Linear(4, 1)
+      >>> optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+      >>> aees = AEES(optimizer, lr_candidates=[0.5, 1.0, 2.0], episode_length=10, seed=0)
+      >>> for step in range(30):
+      ...     aees.step_start(step)
+      ...     optimizer.zero_grad()
+      ...     loss = model(torch.randn(8, 4)).pow(2).mean()
+      ...     loss.backward()
+      ...     aees.step_end(loss)
+      >>> aees.finalize()
+      >>> len(aees.get_logs()["episode_rewards"])
+      3
+
+    Under `torch.distributed` (more than one rank) the loss is averaged over
+    ranks before it is recorded and all ranks seed their noise identically, so
+    every rank takes the same decisions and adds the same noise.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        lr_candidates: Sequence[float] = (1.0,),
+        noise_candidates: Sequence[float] = (0.0,),
+        episode_length: int = 100,
+        control_mode: str = "adaptive",
+        structured_control_mode: str = "independent",
+        context_mode: str = "none",
+        total_training_steps: int | None = None,
+        context_trend_window: int = 3,
+        context_trend_epsilon: float = 1e-3,
+        reward_instability_lambda: float = 0.1,
+        reward_epsilon: float = 1e-8,
+        reward_clip_min: float = -1.0,
+        reward_clip_max: float = 1.0,
+        ema_alpha: float = 0.1,
+        exploration_coef: float = 1.0,
+        discount: float = 0.95,
+        warmup_rounds: int = 1,
+        seed: int | None = None,
+        tie_break: str = "random",
+        log_capacity: int = 1024,
+        lr_scheduler: Any | None = None,
+        track_update_norm: bool = True,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}.")
+        # The config warns about ignored knobs; re-issue at the caller's line.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            config = core.AEESConfig(
+                lr_candidates=_as_tuple(lr_candidates),
+                noise_candidates=_as_tuple(noise_candidates),
+                episode_length=episode_length,
+                control_mode=control_mode,
+                structured_control_mode=structured_control_mode,
+                context_mode=context_mode,
+                total_training_steps=total_training_steps,
+                context_trend_window=context_trend_window,
+                context_trend_epsilon=context_trend_epsilon,
+                reward_instability_lambda=reward_instability_lambda,
+                reward_epsilon=reward_epsilon,
+                reward_clip_min=reward_clip_min,
+                reward_clip_max=reward_clip_max,
+                ema_alpha=ema_alpha,
+                exploration_coef=exploration_coef,
+                discount=discount,
+                warmup_rounds=warmup_rounds,
+                seed=seed,
+                tie_break=tie_break,
+                log_capacity=log_capacity,
+            )
+        for warning in caught:
+            warnings.warn(warning.message, warning.category, stacklevel=2)
+
+        self._config = config
+        self._optimizer = optimizer
+        self._lr_scheduler = lr_scheduler
+        self._skip_nonfinite = bool(skip_nonfinite)
+        self._seed = config.seed if config.seed is not None else self._shared_fresh_seed()
+        self._noise = GradientNoise(self._seed)
+        self._norm_tracker = UpdateNormTracker() if track_update_norm else None
+
+        with _runtime.on_cpu_in_float64():
+            self._state = core.init(config, self._seed)
+        # Host mirror of the core's counters; see the module docstring.
+        self._episode_steps = 0
+        self._core_step = 0
+        self._episodes_closed = 0
+        self._episode_candidate: CandidateConfig | None = None
+        self._logs = empty_logs(config)
+        self._logged_episodes = 0
+        self._current_candidate: CandidateConfig | None = None
+
+    # ------------------------------------------------------------------ training loop
+
+    def step_start(self, global_step: int) -> CandidateConfig:
+        """Open a training step and return the candidate it runs with.
+
+        Call once per step, before ``optimizer.zero_grad()``. ``global_step``
+        numbers the step; the first step of an episode fixes the episode's
+        start step (and its phase in ``"trend_phase"`` mode).
+
+        Raises:
+          RuntimeError: if the previous step is still open.
+          ValueError: if ``global_step`` is not a non-negative integer.
+        """
+        if self._current_candidate is not None:
+            raise RuntimeError(
+                "step_start() called twice without step_end() in between; "
+                "close the open step with step_end(loss) first."
+            )
+        if isinstance(global_step, bool) or not isinstance(global_step, numbers.Integral):
+            raise ValueError(f"global_step must be an integer, got {global_step!r}.")
+        if not 0 <= global_step <= _MAX_GLOBAL_STEP:
+            raise ValueError(f"global_step must be in [0, 2**31 - 1], got {global_step!r}.")
+        global_step = int(global_step)
+        if self._episode_steps == 0 and global_step != self._core_step:
+            with _runtime.on_cpu_in_float64():
+                self._state = _runtime.restart_episode_at(self._config, self._state, global_step)
+            self._core_step = global_step
+            self._episode_candidate = None
+        if self._episode_candidate is None:
+            self._episode_candidate = self._read_episode_candidate()
+        self._current_candidate = self._episode_candidate
+        return self._episode_candidate
+
+    def step_end(self, loss: float | torch.Tensor) -> None:
+        """Apply the step: noise, ``optimizer.step()`` at the multiplied LR, scheduler, record.
+
+        Call once per step after ``loss.backward()`` (and any gradient clipping).
+        Each param group's ``lr`` is multiplied for the ``optimizer.step()`` call
+        only and restored afterwards, even if the optimizer raises.
+
+        Args:
+          loss: this step's loss (a tensor or a number), computed before the update.
+
+        Raises:
+          RuntimeError: if no step is open.
+          ValueError: if the loss is NaN or infinite (and ``skip_nonfinite`` is
+            off). Nothing is applied and the step is closed, so the next
+            `step_start` works.
+        """
+        candidate = self._current_candidate
+        if candidate is None:
+            raise RuntimeError(
+                "step_end() called without a preceding step_start(); open the step first."
+            )
+        loss_value = self._loss_value(loss)
+        if not math.isfinite(loss_value):
+            self._current_candidate = None
+            if not self._skip_nonfinite:
+                raise ValueError(
+                    f"loss passed to step_end() must be finite, got {loss_value!r}; "
+                    "nothing was applied (pass skip_nonfinite=True to skip such steps)."
+                )
+            self._record(loss_value, None, skip=True)
+            return
+
+        try:
+            update_norm = self._apply_optimizer_step(candidate)
+            if self._lr_scheduler is not None:
+                self._lr_scheduler.step()
+        finally:
+            self._current_candidate = None
+        self._record(loss_value, update_norm, skip=False)
+
+    def finalize(self) -> None:
+        """Close the trailing partial episode (if it has steps) so it is scored and logged.
+
+        Raises:
+          RuntimeError: if a step is open.
+        """
+        if self._current_candidate is not None:
+            raise RuntimeError(
+                "finalize() called with an open step; call step_end(loss) before finalize()."
+            )
+        if self._episode_steps == 0:
+            return
+        with _runtime.on_cpu_in_float64():
+            self._state = _runtime.finalize(self._config, self._state)
+        self._close_mirrored_episode()
+
+    # ------------------------------------------------------------------ introspection
+
+    def get_logs(self) -> dict[str, list[Any]]:
+        """Per-episode logs of every closed episode, one fresh list per key."""
+        self._sync_logs()
+        return {key: list(values) for key, values in self._logs.items()}
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The wrapped optimizer (for ``zero_grad()``, its ``state_dict()``, ...)."""
+        return self._optimizer
+
+    @property
+    def current_candidate(self) -> CandidateConfig | None:
+        """The candidate of the open step; ``None`` outside a step."""
+        return self._current_candidate
+
+    @property
+    def config(self) -> core.AEESConfig:
+        """The validated core configuration."""
+        return self._config
+
+    @property
+    def core_state(self) -> core.AEESState:
+        """The core's state (JAX arrays on the CPU device), e.g. for ``skipped_steps``."""
+        return self._state
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly, as tensors and plain Python values.
+
+        Holds the core state (controllers, open episode, key, counters), every
+        closed episode's log, every noise generator's state and whether a step
+        is open. It loads with ``torch.load(path, weights_only=True)``. The
+        optimizer and scheduler are saved through their own ``state_dict()``.
+        """
+        self._sync_logs()
+        return {
+            "version": _STATE_DICT_VERSION,
+            "config": _config_values(self._config),
+            "seed": self._seed,
+            "core_state": _runtime.state_to_tensors(self._state),
+            "logs": {key: list(values) for key, values in self._logs.items()},
+            "noise_generators": self._noise.state_dict(),
+            "step_open": self._current_candidate is not None,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a `state_dict` taken from an AEES with the same configuration.
+
+        Raises:
+          ValueError: if the configuration differs (naming the knobs) or the
+            entries do not match this wrapper.
+        """
+        version = state_dict.get("version")
+        if version != _STATE_DICT_VERSION:
+            raise ValueError(
+                f"state_dict version {version!r} is not supported (expected {_STATE_DICT_VERSION})."
+            )
+        saved_config = state_dict["config"]
+        ours = _config_values(self._config)
+        differing = sorted(
+            name
+            for name in ours.keys() | saved_config.keys()
+            if ours.get(name) != saved_config.get(name)
+        )
+        if differing:
+            raise ValueError(
+                f"state_dict was saved with a different configuration; differing knobs: "
+                f"{', '.join(differing)}."
+            )
+        state = _runtime.state_from_tensors(self._state, state_dict["core_state"])
+        seed = int(state_dict["seed"])
+        noise = GradientNoise(seed)
+        noise.load_state_dict(state_dict["noise_generators"])
+        logs = {key: list(values) for key, values in state_dict["logs"].items()}
+        if set(logs) != set(self._logs):
+            raise ValueError("state_dict entry 'logs' does not match this configuration.")
+
+        self._state = state
+        self._seed = seed
+        self._noise = noise
+        self._logs = logs
+        self._logged_episodes = len(logs["episode_rewards"])
+        with _runtime.on_cpu_in_float64():
+            counters = jax.device_get(
+                (state.episode.episode_steps, state.global_step, state.episodes_closed)
+            )
+        self._episode_steps, self._core_step, self._episodes_closed = (int(c) for c in counters)
+        self._episode_candidate = None
+        self._current_candidate = None
+        if state_dict["step_open"]:
+            self._episode_candidate = self._read_episode_candidate()
+            self._current_candidate = self._episode_candidate
+
+    # ------------------------------------------------------------------ internals
+
+    def _shared_fresh_seed(self) -> int:
+        """A fresh seed, the same on every rank when running distributed."""
+        seed = secrets.randbits(31)
+        if _world_size() > 1:
+            shared = torch.tensor([seed], dtype=torch.int64, device=self._first_param_device())
+            dist.broadcast(shared, src=0)
+            seed = int(shared.item())
+        return seed
+
+    def _first_param_device(self) -> torch.device:
+        return self._optimizer.param_groups[0]["params"][0].device
+
+    def _loss_value(self, loss: float | torch.Tensor) -> float:
+        """The loss as a Python float, averaged over ranks when running distributed."""
+        world_size = _world_size()
+        if world_size == 1:
+            return float(loss.item()) if isinstance(loss, torch.Tensor) else float(loss)
+        if isinstance(loss, torch.Tensor):
+            total = loss.detach().reshape(()).to(torch.float64)
+        else:
+            total = torch.tensor(
+                float(loss), dtype=torch.float64, device=self._first_param_device()
+            )
+        dist.all_reduce(total)
+        return float(total.item()) / world_size
+
+    def _apply_optimizer_step(self, candidate: CandidateConfig) -> float | None:
+        """Noise, then ``optimizer.step()`` with multiplied LRs; returns the update norm."""
+        groups = self._optimizer.param_groups
+        if candidate.noise_std > 0.0:
+            self._noise.add_to_gradients(groups, candidate.noise_std)
+        if self._norm_tracker is not None:
+            self._norm_tracker.snapshot([p for group in groups for p in group["params"]])
+        base_lrs = [group["lr"] for group in groups]
+        try:
+            for group, base_lr in zip(groups, base_lrs, strict=True):
+                group["lr"] = base_lr * candidate.lr_multiplier
+            self._optimizer.step()
+        finally:
+            for group, base_lr in zip(groups, base_lrs, strict=True):
+                group["lr"] = base_lr
+        return None if self._norm_tracker is None else self._norm_tracker.norm()
+
+    def _record(self, loss: float, update_norm: float | None, *, skip: bool) -> None:
+        with _runtime.on_cpu_in_float64():
+            self._state = _runtime.record_step(
+                self._config, self._state, loss, update_norm, skip=skip
+            )
+        # Mirror the core's rule: a skipped step or a non-finite value is not counted.
+        if skip or (update_norm is not None and not math.isfinite(update_norm)):
+            return
+        self._episode_steps += 1
+        self._core_step += 1
+        if self._episode_steps == self._config.episode_length:
+            self._close_mirrored_episode()
+
+    def _close_mirrored_episode(self) -> None:
+        self._episode_steps = 0
+        self._episodes_closed += 1
+        self._episode_candidate = None
+
+    def _read_episode_candidate(self) -> CandidateConfig:
+        """Read the open episode's arms, and log the episode closed before it, from the core.
+
+        Called once per episode, this is the only time the wrapper waits for the
+        core; logging here keeps every episode even after the core's ring buffer wraps.
+        """
+        self._sync_logs()
+        with _runtime.on_cpu_in_float64():
+            lr_index, noise_index = jax.device_get(
+                (self._state.episode.lr_index, self._state.episode.noise_index)
+            )
+        lr = self._config.lr_candidates[int(lr_index)]
+        noise = self._config.noise_candidates[int(noise_index)]
+        return CandidateConfig(core.candidate_name(lr, noise), lr, noise)
+
+    def _sync_logs(self) -> None:
+        """Append the log entries of episodes closed since the last sync."""
+        if self._logged_episodes == self._episodes_closed:
+            return
+        slots = np.arange(self._logged_episodes, self._episodes_closed) % self._config.log_capacity
+        with _runtime.on_cpu_in_float64():
+            entries = log_entries(self._config, self._state.episode_log, slots)
+        for key, values in entries.items():
+            self._logs[key].extend(values)
+        self._logged_episodes = self._episodes_closed
+
+
+def _as_tuple(values: Sequence[float]) -> Any:
+    """Lists are accepted for the candidates; anything else reaches the config's check."""
+    return tuple(values) if isinstance(values, list) else values
+
+
+def _world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _config_values(config: core.AEESConfig) -> dict[str, Any]:
+    """The knobs as plain Python values (candidate tuples as lists)."""
+    values: dict[str, Any] = {}
+    for name, value in vars(config).items():
+        values[name] = list(value) if isinstance(value, tuple) else value
+    return values
