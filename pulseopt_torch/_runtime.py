@@ -42,7 +42,7 @@ restart_episode_at = jax.jit(core.restart_episode_at, static_argnums=0, donate_a
 @functools.cache
 def cpu_device() -> jax.Device:
     """JAX's first CPU device, after keeping JAX off accelerators if nobody chose."""
-    user_chose = bool(os.environ.get("JAX_PLATFORMS")) or bool(jax.config.jax_platforms)
+    user_chose = bool(os.environ.get("JAX_PLATFORMS")) or bool(jax.config.values["jax_platforms"])
     if not user_chose and not xla_bridge.backends_are_initialized():
         jax.config.update("jax_platforms", "cpu")
     return jax.devices("cpu")[0]
@@ -60,7 +60,8 @@ def state_to_tensors(state: core.AEESState) -> dict[str, Any]:
     with on_cpu_in_float64():
         plain = state._replace(rng_key=jax.random.key_data(state.rng_key))
         host = jax.device_get(plain)
-    return _as_dicts(host)
+    tensors: dict[str, Any] = _as_dicts(host)
+    return tensors
 
 
 def state_from_tensors(template: core.AEESState, tensors: dict[str, Any]) -> core.AEESState:
@@ -71,7 +72,7 @@ def state_from_tensors(template: core.AEESState, tensors: dict[str, Any]) -> cor
     """
     with on_cpu_in_float64():
         plain_template = template._replace(rng_key=jax.random.key_data(template.rng_key))
-        restored = _from_dicts(plain_template, tensors, "core_state")
+        restored: core.AEESState = _from_dicts(plain_template, tensors, "core_state")
         return restored._replace(rng_key=jax.random.wrap_key_data(restored.rng_key))
 
 

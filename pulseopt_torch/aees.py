@@ -145,6 +145,9 @@ class AEES:
             warnings.warn(warning.message, warning.category, stacklevel=2)
 
         self._config = config
+        # The seed travels as the key, not as part of the static config, so that
+        # runs differing only in their seed share one compilation of the core.
+        self._core_config = config.replace(seed=None)
         self._optimizer = optimizer
         self._lr_scheduler = lr_scheduler
         self._skip_nonfinite = bool(skip_nonfinite)
@@ -153,7 +156,7 @@ class AEES:
         self._norm_tracker = UpdateNormTracker() if track_update_norm else None
 
         with _runtime.on_cpu_in_float64():
-            self._state = core.init(config, self._seed)
+            self._state = core.init(self._core_config, self._seed)
         # Host mirror of the core's counters; see the module docstring.
         self._episode_steps = 0
         self._core_step = 0
@@ -188,7 +191,9 @@ class AEES:
         global_step = int(global_step)
         if self._episode_steps == 0 and global_step != self._core_step:
             with _runtime.on_cpu_in_float64():
-                self._state = _runtime.restart_episode_at(self._config, self._state, global_step)
+                self._state = _runtime.restart_episode_at(
+                    self._core_config, self._state, global_step
+                )
             self._core_step = global_step
             self._episode_candidate = None
         if self._episode_candidate is None:
@@ -249,7 +254,7 @@ class AEES:
         if self._episode_steps == 0:
             return
         with _runtime.on_cpu_in_float64():
-            self._state = _runtime.finalize(self._config, self._state)
+            self._state = _runtime.finalize(self._core_config, self._state)
         self._close_mirrored_episode()
 
     # ------------------------------------------------------------------ introspection
@@ -360,7 +365,8 @@ class AEES:
         return seed
 
     def _first_param_device(self) -> torch.device:
-        return self._optimizer.param_groups[0]["params"][0].device
+        device: torch.device = self._optimizer.param_groups[0]["params"][0].device
+        return device
 
     def _loss_value(self, loss: float | torch.Tensor) -> float:
         """The loss as a Python float, averaged over ranks when running distributed."""
@@ -396,7 +402,7 @@ class AEES:
     def _record(self, loss: float, update_norm: float | None, *, skip: bool) -> None:
         with _runtime.on_cpu_in_float64():
             self._state = _runtime.record_step(
-                self._config, self._state, loss, update_norm, skip=skip
+                self._core_config, self._state, loss, update_norm, skip=skip
             )
         # Mirror the core's rule: a skipped step or a non-finite value is not counted.
         if skip or (update_norm is not None and not math.isfinite(update_norm)):
@@ -432,7 +438,7 @@ class AEES:
             return
         slots = np.arange(self._logged_episodes, self._episodes_closed) % self._config.log_capacity
         with _runtime.on_cpu_in_float64():
-            entries = log_entries(self._config, self._state.episode_log, slots)
+            entries = log_entries(self._core_config, self._state.episode_log, slots)
         for key, values in entries.items():
             self._logs[key].extend(values)
         self._logged_episodes = self._episodes_closed

@@ -1,0 +1,49 @@
+"""Shared fixtures-by-function for the pulseopt_torch tests: a tiny model, its batches, a loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+IN_FEATURES = 4
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    """A two-layer MLP whose initial weights depend only on ``seed``."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(IN_FEATURES, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+    )
+
+
+def batch(step: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch of ``step`` (and ``rank``): the same on every call, in every process."""
+    generator = torch.Generator().manual_seed(10_000 * rank + step)
+    inputs = torch.randn(16, IN_FEATURES, generator=generator)
+    targets = inputs.sum(dim=1, keepdim=True).sin()
+    return inputs, targets
+
+
+def loss_at(model: torch.nn.Module, step: int, rank: int = 0) -> torch.Tensor:
+    inputs, targets = batch(step, rank)
+    return torch.nn.functional.mse_loss(model(inputs), targets)
+
+
+def train(
+    aees: Any,
+    model: torch.nn.Module,
+    steps: range,
+    loss_fn: Callable[[torch.nn.Module, int], torch.Tensor] = loss_at,
+) -> list[float]:
+    """Run the AEES training loop over ``steps``; returns the losses it recorded."""
+    losses = []
+    for step in steps:
+        aees.step_start(step)
+        aees.optimizer.zero_grad()
+        loss = loss_fn(model, step)
+        loss.backward()
+        aees.step_end(loss)
+        losses.append(float(loss.detach()))
+    return losses
