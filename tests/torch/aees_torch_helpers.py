@@ -47,3 +47,20 @@ def train(
         aees.step_end(loss)
         losses.append(float(loss.detach()))
     return losses
+
+
+def checkpointed_training(model: torch.nn.Module) -> tuple[Any, Any]:
+    """AdamW + cosine schedule + AEES with noise arms: the setup the resume tests use."""
+    from pulseopt_torch import AEES
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=40)
+    aees = AEES(
+        optimizer,
+        lr_candidates=[0.5, 1.0, 2.0],
+        noise_candidates=[0.0, 0.01],
+        episode_length=4,
+        lr_scheduler=scheduler,
+        seed=5,
+    )
+    return aees, scheduler
