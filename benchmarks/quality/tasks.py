@@ -1,0 +1,188 @@
+"""Benchmark tasks: each one is a dataset, a model and a loss, all pure JAX.
+
+A task knows how to initialise parameters from a key, how to score a batch,
+and which fixed arrays it trains and validates on. The data either ships with
+an installed package (scikit-learn's digits, the Python standard library's own
+source text) or is generated from a fixed seed, so nothing is downloaded and
+every run sees identical data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Params = Any
+Batch = tuple[jax.Array, jax.Array]
+
+# One fixed split seed for every task: the data never depends on the run seed,
+# only the initialisation and the minibatch order do.
+_SPLIT_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A training problem: data, model and loss.
+
+    Attributes:
+      name: short identifier used in tables and on the command line.
+      description: one line for the report.
+      init_params: builds a parameter pytree from a PRNG key.
+      loss: mean loss of ``params`` on a ``(inputs, targets)`` batch.
+      train: the training arrays, sampled in minibatches.
+      val: the fixed validation arrays, always scored in full.
+      batch_size: minibatch size.
+      steps: training steps per run.
+      eval_every: validation loss is measured every this many steps.
+    """
+
+    name: str
+    description: str
+    init_params: Callable[[jax.Array], Params]
+    loss: Callable[[Params, Batch], jax.Array]
+    train: Batch
+    val: Batch
+    batch_size: int
+    steps: int
+    eval_every: int
+
+    def sample_batch(self, key: jax.Array) -> Batch:
+        """A minibatch drawn uniformly with replacement from the training arrays."""
+        size = self.train[0].shape[0]
+        index = jax.random.randint(key, (self.batch_size,), 0, size)
+        return self.train[0][index], self.train[1][index]
+
+
+def _dense_init(key: jax.Array, sizes: tuple[int, ...]) -> list[dict[str, jax.Array]]:
+    """Layers with LeCun-normal weights and zero biases."""
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [
+        {
+            "w": jax.random.normal(k, (fan_in, fan_out)) / jnp.sqrt(fan_in),
+            "b": jnp.zeros((fan_out,)),
+        }
+        for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
+
+
+def _mlp_apply(layers: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
+    for layer in layers[:-1]:
+        x = jax.nn.relu(x @ layer["w"] + layer["b"])
+    return x @ layers[-1]["w"] + layers[-1]["b"]
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _split(n: int, val_size: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(_SPLIT_SEED).permutation(n)
+    return order[val_size:], order[:val_size]
+
+
+def digits_mlp(steps: int = 1500) -> Task:
+    """Classify scikit-learn's 8x8 digits with a 64-64-64-10 ReLU MLP."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    train, val = _split(len(x), val_size=360)
+    sizes = (64, 64, 64, 10)
+    return Task(
+        name="digits_mlp",
+        description="scikit-learn digits (1437 train / 360 val), MLP 64-64-64-10, cross-entropy",
+        init_params=lambda key: _dense_init(key, sizes),
+        loss=lambda params, batch: _cross_entropy(_mlp_apply(params, batch[0]), batch[1]),
+        train=(jnp.asarray(x[train]), jnp.asarray(y[train])),
+        val=(jnp.asarray(x[val]), jnp.asarray(y[val])),
+        batch_size=64,
+        steps=steps,
+        eval_every=50,
+    )
+
+
+def _stdlib_text() -> str:
+    """Source text that every CPython install ships: the ``difflib`` module."""
+    import difflib
+
+    return inspect.getsource(difflib)
+
+
+def char_mlp(steps: int = 1000, context: int = 8, embed: int = 16, hidden: int = 64) -> Task:
+    """Predict the next character of Python's ``difflib`` source from the previous ``context``."""
+    text = _stdlib_text()
+    vocab = sorted(set(text))
+    ids = np.array([vocab.index(c) for c in text], dtype=np.int32)
+    windows = np.lib.stride_tricks.sliding_window_view(ids, context + 1)
+    cut = int(0.9 * len(windows))
+    # The validation windows come from the held-out tail of the file (so no
+    # training window overlaps them); a fixed subsample keeps evaluation cheap.
+    val_rows = np.linspace(cut + context, len(windows) - 1, 512).astype(int)
+    train_windows, val_windows = windows[:cut], windows[val_rows]
+
+    def init(key: jax.Array) -> Params:
+        embed_key, mlp_key = jax.random.split(key)
+        return {
+            "embed": jax.random.normal(embed_key, (len(vocab), embed)),
+            "mlp": _dense_init(mlp_key, (context * embed, hidden, len(vocab))),
+        }
+
+    def loss(params: Params, batch: Batch) -> jax.Array:
+        inputs, targets = batch
+        features = params["embed"][inputs].reshape(inputs.shape[0], -1)
+        return _cross_entropy(_mlp_apply(params["mlp"], features), targets)
+
+    return Task(
+        name="char_mlp",
+        description=(
+            f"next character of CPython's difflib source ({len(text)} chars, {len(vocab)} symbols), "
+            f"{context}-char context, embedding {embed}, MLP {context * embed}-{hidden}-{len(vocab)}"
+        ),
+        init_params=init,
+        loss=loss,
+        train=(jnp.asarray(train_windows[:, :-1]), jnp.asarray(train_windows[:, -1])),
+        val=(jnp.asarray(val_windows[:, :-1]), jnp.asarray(val_windows[:, -1])),
+        batch_size=64,
+        steps=steps,
+        eval_every=50,
+    )
+
+
+def teacher_regression(steps: int = 1000, dim: int = 16, noise: float = 0.1) -> Task:
+    """Fit a random two-layer tanh teacher with a ReLU student under squared error."""
+    rng = np.random.default_rng(_SPLIT_SEED)
+    x = rng.standard_normal((5120, dim)).astype(np.float32)
+    w1 = rng.standard_normal((dim, 32)) / np.sqrt(dim)
+    w2 = rng.standard_normal((32, 1)) / np.sqrt(32)
+    y = (np.tanh(x @ w1) @ w2 + noise * rng.standard_normal((len(x), 1))).astype(np.float32)
+    train, val = _split(len(x), val_size=1024)
+    sizes = (dim, 64, 64, 1)
+    return Task(
+        name="teacher_regression",
+        description=(
+            f"synthetic regression: y = tanh-teacher({dim}-32-1)(x) + N(0, {noise}^2), "
+            f"4096 train / 1024 val, MLP {dim}-64-64-1, mean squared error"
+        ),
+        init_params=lambda key: _dense_init(key, sizes),
+        loss=lambda params, batch: jnp.mean((_mlp_apply(params, batch[0]) - batch[1]) ** 2),
+        train=(jnp.asarray(x[train]), jnp.asarray(y[train])),
+        val=(jnp.asarray(x[val]), jnp.asarray(y[val])),
+        batch_size=64,
+        steps=steps,
+        eval_every=50,
+    )
+
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "digits_mlp": digits_mlp,
+    "char_mlp": char_mlp,
+    "teacher_regression": teacher_regression,
+}

@@ -1,0 +1,56 @@
+"""Every benchmark behind ``make bench``: the quality suite, then the overhead scripts.
+
+The overhead benchmarks (``optax_bench.py``, ``torch_bench.py``) run as
+separate processes, each with its own report, when they are present; the
+quality suite writes ``benchmarks/results_quality.md`` and its figures.
+
+Examples:
+    .venv/bin/python benchmarks/run_all.py
+    .venv/bin/python benchmarks/run_all.py --only quality --tasks digits_mlp --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from quality import suite
+
+BENCHMARKS = Path(__file__).resolve().parent
+OVERHEAD_SCRIPTS = ("optax_bench.py", "torch_bench.py")
+
+
+def run_overhead(script: Path) -> int:
+    """Run one overhead benchmark in its own interpreter; returns its exit code."""
+    print(f"== {script.name}", file=sys.stderr, flush=True)
+    return subprocess.run([sys.executable, str(script)], cwd=BENCHMARKS.parent).returncode
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        choices=["quality", "overhead"],
+        help="run just the quality suite or just the overhead scripts",
+    )
+    suite.add_arguments(parser)
+    args = parser.parse_args(argv)
+    failures = 0
+    if args.only != "quality":
+        for name in OVERHEAD_SCRIPTS:
+            script = BENCHMARKS / name
+            if script.exists() and run_overhead(script) != 0:
+                print(f"{name} failed", file=sys.stderr)
+                failures += 1
+    if args.only != "overhead":
+        command = (
+            [".venv/bin/python", "benchmarks/run_all.py", *argv] if argv else ["make", "bench"]
+        )
+        suite.main(suite.options_from(args), command)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
