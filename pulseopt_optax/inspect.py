@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 import pulseopt_core as core
-from pulseopt_optax.transform import AEESTransformState
+from pulseopt_optax.transform import AEESTransformState, core_function
 
 
 def _is_aees_state(node: object) -> bool:
@@ -107,7 +107,7 @@ def finalize(opt_state: Any) -> Any:
         state: AEESTransformState = node  # type: ignore[assignment]
         plain = jax.tree.map(_unwrap, state, is_leaf=_has_value)
         config = plain.aees_structure.config(plain.aees_dynamic_knobs)
-        closed = core.finalize(config, plain.aees_core_state)
+        closed = core_function(core.finalize, config)(config, plain.aees_core_state)
         return plain._replace(aees_core_state=closed)
 
     if not isinstance(opt_state, tuple) and hasattr(opt_state, "opt_state"):

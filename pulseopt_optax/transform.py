@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import secrets
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -148,6 +149,18 @@ def _with_dynamic_knobs(config: core.AEESConfig, values: dict[str, Any]) -> core
     for name, value in values.items():
         object.__setattr__(dynamic, name, jnp.asarray(value).astype(_dynamic_dtype(config, name)))
     return dynamic
+
+
+def core_function(function: Callable[..., Any], config: core.AEESConfig) -> Callable[..., Any]:
+    """``function`` itself, or its un-jitted body when ``config`` holds array knobs.
+
+    Core functions may be jitted with the config as a static argument; a config
+    with array knobs is not hashable, and inside the caller's trace the inner
+    jit would be inlined anyway.
+    """
+    if any(isinstance(getattr(config, name), jax.Array) for name in DYNAMIC_KNOBS):
+        return getattr(function, "__wrapped__", function)
+    return function
 
 
 def _knob_arrays(config: core.AEESConfig, traced: dict[str, Any]) -> dict[str, jax.Array]:
@@ -338,6 +351,7 @@ def aees(
     config = core.AEESConfig(**static)
     step_config = _with_dynamic_knobs(config, traced)
     structure = AEESStructure.of(config)
+    record_step = core_function(core.record_step, step_config)
     key_source: Any = seed
     if key_source is None:
         key_source = secrets.randbits(32)
@@ -394,7 +408,7 @@ def aees(
         if norm is not None:
             finite = finite & jnp.isfinite(norm)
         new_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), scaled)
-        new_core = core.record_step(step_config, core_state, value, norm, skip=~finite)
+        new_core = record_step(step_config, core_state, value, norm, skip=~finite)
         return new_updates, AEESTransformState(
             aees_inner_state=_select(finite, inner_state, state.aees_inner_state),
             aees_core_state=new_core,
