@@ -264,6 +264,7 @@ def _close_episode(config: AEESConfig, state: AEESState) -> AEESState:
     return closed._replace(episode=_open_episode(config, closed))
 
 
+@jax.jit(static_argnums=0)
 def record_step(
     config: AEESConfig,
     state: AEESState,
@@ -325,6 +326,7 @@ def record_step(
     return jax.tree.map(lambda a, b: jnp.where(valid, a, b), advanced, skipped)
 
 
+@jax.jit(static_argnums=0)
 def finalize(config: AEESConfig, state: AEESState) -> AEESState:
     """Close a partial episode (one with at least one step) and open the next one."""
     return jax.lax.cond(

@@ -72,8 +72,8 @@ def reward_from_statistics(
     scorable = (start > 0) & (end > 0) & jnp.isfinite(start) & jnp.isfinite(end)
     one = jnp.ones_like(start)
     base = jnp.log(jnp.where(scorable, start, one)) - jnp.log(jnp.where(scorable, end, one))
-    variance = loss_m2 / jnp.maximum(steps, 1).astype(loss_m2.dtype)
-    instability = variance / (loss_mean * loss_mean + eps)
+    count = jnp.maximum(steps, 1).astype(loss_m2.dtype)
+    instability = loss_m2 / (count * (loss_mean * loss_mean + eps))
     penalty = config.reward_instability_lambda * instability
     unclipped = base - penalty
     clipped = jnp.clip(unclipped, config.reward_clip_min, config.reward_clip_max)
@@ -102,7 +102,8 @@ def episode_reward(config: AEESConfig, losses: jax.Array) -> RewardBreakdown:
     zero = jnp.zeros((), losses.dtype)
 
     def fold(carry, loss):
-        return accumulate_loss(config, *carry, loss), None
+        steps, first, ema, mean, m2 = carry
+        return accumulate_loss(config, steps, first, ema, mean, m2, loss), None
 
     init = (jnp.zeros((), jnp.int32), zero, zero, zero, zero)
     (steps, first, ema, mean, m2), _ = jax.lax.scan(fold, init, losses)
