@@ -15,7 +15,12 @@ import jax
 import numpy as np
 
 import pulseopt_core as core
-from pulseopt_optax.transform import AEESTransformState, core_function
+from pulseopt_optax.transform import (
+    AEESTransformState,
+    core_function,
+    pack_core_state,
+    unpack_core_state,
+)
 
 
 def _is_aees_state(node: object) -> bool:
@@ -35,6 +40,9 @@ def _has_value(node: object) -> bool:
 def find_aees_state(opt_state: Any) -> AEESTransformState:
     """The single `aees` state inside ``opt_state``, with plain array leaves.
 
+    Zero-size core arrays are rebuilt, so ``aees_core_state`` is a complete
+    `pulseopt_core.AEESState`.
+
     Args:
       opt_state: an optimizer state containing exactly one `aees` state, or an
         object with an ``opt_state`` attribute (such as ``nnx.Optimizer``).
@@ -52,7 +60,8 @@ def find_aees_state(opt_state: Any) -> AEESTransformState:
             f"expected exactly one pulseopt_optax.aees state in the optimizer state, found "
             f"{len(found)}."
         )
-    return jax.tree.map(_unwrap, found[0], is_leaf=_has_value)  # type: ignore[no-any-return]
+    plain: AEESTransformState = jax.tree.map(_unwrap, found[0], is_leaf=_has_value)
+    return plain._replace(aees_core_state=unpack_core_state(plain.aees_core_state))
 
 
 def _single_member(state: AEESTransformState) -> AEESTransformState:
@@ -107,8 +116,9 @@ def finalize(opt_state: Any) -> Any:
         state: AEESTransformState = node  # type: ignore[assignment]
         plain = jax.tree.map(_unwrap, state, is_leaf=_has_value)
         config = plain.aees_structure.config(plain.aees_dynamic_knobs)
-        closed = core_function(core.finalize, config)(config, plain.aees_core_state)
-        return plain._replace(aees_core_state=closed)
+        core_state = unpack_core_state(plain.aees_core_state)
+        closed = core_function(core.finalize, config)(config, core_state)
+        return plain._replace(aees_core_state=pack_core_state(closed))
 
     if not isinstance(opt_state, tuple) and hasattr(opt_state, "opt_state"):
         raise ValueError("pass the optimizer state (e.g. optimizer.opt_state), not the optimizer.")

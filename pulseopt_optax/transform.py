@@ -81,13 +81,44 @@ class AEESStructure:
         return _with_dynamic_knobs(static, dynamic_knobs or {})
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class EmptyArray:
+    """Stands in for a zero-size array of the core state (no leaves).
+
+    Without a context mode the core keeps zero-size per-bucket statistics;
+    orbax cannot save zero-size arrays, so the state stores their shape and
+    dtype instead and rebuilds them for the core.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def pack_core_state(state: core.AEESState) -> core.AEESState:
+    """``state`` with its zero-size arrays replaced by `EmptyArray` markers."""
+    return jax.tree.map(  # type: ignore[no-any-return]
+        lambda x: EmptyArray(tuple(x.shape), str(x.dtype)) if x.size == 0 else x, state
+    )
+
+
+def unpack_core_state(state: core.AEESState) -> core.AEESState:
+    """The inverse of `pack_core_state`."""
+    return jax.tree.map(  # type: ignore[no-any-return]
+        lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, EmptyArray) else x,
+        state,
+        is_leaf=lambda x: isinstance(x, EmptyArray),
+    )
+
+
 class AEESTransformState(NamedTuple):
     """State of `aees`: the inner optimizer's state and the AEES core state.
 
     Attributes:
       aees_inner_state: the inner transformation's state, untouched by skipped
         steps.
-      aees_core_state: a `pulseopt_core.AEESState`: controller statistics, the
+      aees_core_state: a `pulseopt_core.AEESState` (zero-size arrays stored as
+        `EmptyArray`, see `unpack_core_state`): controller statistics, the
         open episode (``lr_multiplier``, ``noise_std``, ...), counters such as
         ``skipped_steps`` and the episode log. Its field names are unique, so
         ``optax.tree.get(opt_state, "lr_multiplier")`` finds the multiplier.
@@ -365,7 +396,7 @@ def aees(
     def init_fn(params: optax.Params) -> AEESTransformState:
         return AEESTransformState(
             aees_inner_state=inner.init(params),
-            aees_core_state=core.init(config, _key_from_seed(key_source)),
+            aees_core_state=pack_core_state(core.init(config, _key_from_seed(key_source))),
             aees_dynamic_knobs=_knob_arrays(config, traced),
             aees_structure=structure,
         )
@@ -395,7 +426,7 @@ def aees(
                 "this optimizer state was created by an aees transformation with other "
                 f"structural knobs ({state.aees_structure}) than this one ({structure})."
             )
-        core_state = state.aees_core_state
+        core_state = unpack_core_state(state.aees_core_state)
         candidate = core.current_candidate(core_state)
         value = jnp.asarray(value)
         finite = jnp.isfinite(value) & _all_finite(updates)
@@ -411,7 +442,7 @@ def aees(
         new_core = record_step(step_config, core_state, value, norm, skip=~finite)
         return new_updates, AEESTransformState(
             aees_inner_state=_select(finite, inner_state, state.aees_inner_state),
-            aees_core_state=new_core,
+            aees_core_state=pack_core_state(new_core),
             aees_dynamic_knobs=_knob_arrays(config, traced),
             aees_structure=structure,
         )
