@@ -97,14 +97,14 @@ class EmptyArray:
 
 def pack_core_state(state: core.AEESState) -> core.AEESState:
     """``state`` with its zero-size arrays replaced by `EmptyArray` markers."""
-    return jax.tree.map(  # type: ignore[no-any-return]
+    return jax.tree.map(
         lambda x: EmptyArray(tuple(x.shape), str(x.dtype)) if x.size == 0 else x, state
     )
 
 
 def unpack_core_state(state: core.AEESState) -> core.AEESState:
     """The inverse of `pack_core_state`."""
-    return jax.tree.map(  # type: ignore[no-any-return]
+    return jax.tree.map(
         lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, EmptyArray) else x,
         state,
         is_leaf=lambda x: isinstance(x, EmptyArray),
