@@ -3,10 +3,10 @@
 An arm turns a `Setting` (which inner optimizer, at which possibly mis-set
 base learning rate) into an optax transformation. Every arm is called the same
 way, ``tx.update(grads, state, params, value=loss)``, so the runner needs no
-special cases. A new controller plugs in by adding one `Arm` to `ARMS`, for
-example::
+special cases. A new controller plugs in as one more entry of
+`default_arms`, for example::
 
-    ARMS["aees_robust"] = aees_arm(preset="robust")
+    aees_arm("aees_robust", preset="robust"),
 """
 
 from __future__ import annotations
@@ -75,9 +75,8 @@ class Arm:
     """One optimizer configuration of the benchmark.
 
     Attributes:
-      name: identifier used in tables, on the command line and in raw results;
-        with `variants` it is a format string with a ``{variant}`` field.
-      family: ``"fixed"``, ``"aees"`` or ``"peer"``.
+      name: identifier used on the command line, and in tables and raw
+        results unless the arm has `variants`.
       description: one line for the report.
       build: the transformation for a `Setting`.
       uses_inner: False when the arm ignores the inner optimizer (its runs are
@@ -86,23 +85,28 @@ class Arm:
         for the figures; NaN for arms that have none.
       variants: values of one knob swept inside the same compiled population
         (``Setting.variant``); each value is reported as its own arm.
+      variant_name: names each variant's runs, a format string with a
+        ``{variant}`` field.
     """
 
     name: str
-    family: str
     description: str
     build: Callable[[Setting], optax.GradientTransformationExtraArgs]
     uses_inner: bool = True
     multiplier: Callable[[OptState, Setting], jax.Array] = _no_multiplier
     variants: tuple[float, ...] = ()
+    variant_name: str = ""
 
     def run_names(self) -> list[str]:
         """The reported arm names, one per variant."""
         if not self.variants:
             return [self.name]
-        return [self.name.format(variant=v) for v in self.variants]
+        return [self.variant_name.format(variant=v) for v in self.variants]
 
 
+# Runs whose name starts with this are the fixed-multiplier baselines, from
+# which the report picks the oracle.
+FIXED_PREFIX = "fixed_x"
 WIDE_MULTIPLIERS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 # The candidate set and episode length of the reference package's quick start.
@@ -116,8 +120,7 @@ REFERENCE_KNOBS: dict[str, Any] = {
 def fixed_arms(multipliers: tuple[float, ...] = WIDE_MULTIPLIERS) -> Arm:
     """The inner optimizer with its updates scaled by each constant multiplier."""
     return Arm(
-        name="fixed_x{variant:g}",
-        family="fixed",
+        name="fixed",
         description="the inner optimizer's updates times a constant multiplier (`optax.scale`); "
         "`fixed_x1` is plain training at the given base LR",
         build=lambda s: optax.with_extra_args_support(
@@ -125,14 +128,14 @@ def fixed_arms(multipliers: tuple[float, ...] = WIDE_MULTIPLIERS) -> Arm:
         ),
         multiplier=lambda state, setting: setting.variant,
         variants=multipliers,
+        variant_name=FIXED_PREFIX + "{variant:g}",
     )
 
 
-def aees_arm(**knobs: Any) -> Arm:
+def aees_arm(name: str, **knobs: Any) -> Arm:
     """AEES wrapped around the inner optimizer, with the given knobs."""
     return Arm(
-        name="aees",
-        family="aees",
+        name=name,
         description="`pulseopt_optax.aees(inner, "
         + ", ".join(f"{k}={v!r}" for k, v in knobs.items())
         + ")`",
@@ -141,15 +144,10 @@ def aees_arm(**knobs: Any) -> Arm:
     )
 
 
-def _named(arm: Arm, name: str) -> Arm:
-    return dataclasses.replace(arm, name=name)
-
-
 def reduce_on_plateau_arm() -> Arm:
     """Halve the step after 5 windows of 50 steps without a 1e-4 relative improvement."""
     return Arm(
         name="reduce_on_plateau",
-        family="peer",
         description="`optax.contrib.reduce_on_plateau(factor=0.5, patience=5, "
         "accumulation_size=50)` after the inner optimizer (minibatch loss)",
         build=lambda s: optax.chain(
@@ -164,7 +162,6 @@ def mechanize_arm() -> Arm:
     """Mechanic's learned scale on top of the inner optimizer at the mis-set LR."""
     return Arm(
         name="mechanize",
-        family="peer",
         description="`optax.contrib.mechanize(inner)` with the inner optimizer at the base LR",
         build=lambda s: optax.with_extra_args_support(
             contrib.mechanize(s.optimizer.make(s.base_lr))
@@ -176,7 +173,6 @@ def prodigy_arm() -> Arm:
     """Prodigy (Adam-based, learning-rate free) with its LR knob mis-set by the same factor."""
     return Arm(
         name="prodigy",
-        family="peer",
         description="`optax.contrib.prodigy(learning_rate=factor)` (recommended: 1.0); "
         "ignores the inner optimizer",
         build=lambda s: optax.with_extra_args_support(contrib.prodigy(learning_rate=s.mis_set)),
@@ -188,7 +184,6 @@ def dog_arm() -> Arm:
     """DoG (SGD-based, learning-rate free) with its LR knob mis-set by the same factor."""
     return Arm(
         name="dog",
-        family="peer",
         description="`optax.contrib.dog(learning_rate=factor)` (recommended: 1.0); "
         "ignores the inner optimizer",
         build=lambda s: optax.with_extra_args_support(contrib.dog(learning_rate=s.mis_set)),
@@ -200,14 +195,13 @@ def default_arms() -> dict[str, Arm]:
     """Every arm of the published benchmark, in report order."""
     arms = [
         fixed_arms(),
-        _named(aees_arm(**REFERENCE_KNOBS), "aees_reference"),
-        _named(aees_arm(**REFERENCE_KNOBS | {"control_mode": "random"}), "aees_reference_random"),
-        _named(aees_arm(**REFERENCE_KNOBS | {"lr_candidates": WIDE_MULTIPLIERS}), "aees_wide"),
-        _named(
-            aees_arm(
-                **REFERENCE_KNOBS | {"lr_candidates": WIDE_MULTIPLIERS, "control_mode": "random"}
-            ),
+        aees_arm("aees_reference", **REFERENCE_KNOBS),
+        aees_arm("aees_reference_random", **REFERENCE_KNOBS, control_mode="random"),
+        aees_arm("aees_wide", **REFERENCE_KNOBS | {"lr_candidates": WIDE_MULTIPLIERS}),
+        aees_arm(
             "aees_wide_random",
+            **REFERENCE_KNOBS | {"lr_candidates": WIDE_MULTIPLIERS},
+            control_mode="random",
         ),
         reduce_on_plateau_arm(),
         mechanize_arm(),

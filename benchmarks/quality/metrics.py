@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from quality.arms import FIXED_PREFIX
 from quality.runner import RunResult
 
-PLAIN = "fixed_x1"
+PLAIN = f"{FIXED_PREFIX}1"
 ORACLE = "oracle"
 GLOBAL_FIXED = "fixed_best_global"
 
@@ -63,7 +65,7 @@ def score(results: list[RunResult], nominal_lr: float) -> Scoreboard:
     final_val, best_val = val[..., -1], val.min(axis=-1)
     diverged = np.stack([~np.isfinite(r.val_loss[..., -1]) for r in results])
 
-    fixed = [i for i, name in enumerate(names) if name.startswith("fixed_x")]
+    fixed = [i for i, name in enumerate(names) if name.startswith(FIXED_PREFIX)]
     fixed_means = final_val[fixed].mean(axis=-1)
     oracle_rows = [fixed[i] for i in fixed_means.argmin(axis=0)]
     global_row = fixed[int(fixed_means.mean(axis=1).argmin())]

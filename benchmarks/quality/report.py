@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from quality.arms import FIXED_PREFIX
 from quality.metrics import GLOBAL_FIXED, ORACLE, PLAIN, Scoreboard, relative_to_plain
 
 # A difference of mean final validation loss smaller than this (relative) is
@@ -118,7 +120,7 @@ def findings(boards: Sequence[Scoreboard], labels: dict[str, str]) -> list[str]:
         "Cells are (task, optimizer, base LR) combinations.",
         "",
     ]
-    arms = [a for a in boards[0].arms if not a.startswith("fixed_x") and a != PLAIN]
+    arms = [a for a in boards[0].arms if not a.startswith(FIXED_PREFIX) and a != PLAIN]
     for arm in arms:
         sides = _verdicts(boards, arm)
         parts = [f"LR too low: {_count_line(sides['low'])}"]
@@ -176,7 +178,7 @@ def plot_final_val(boards: Sequence[Scoreboard], labels: dict[str, str], path: P
         squeeze=False,
         constrained_layout=True,
     )
-    shown = [a for a in boards[0].arms if not a.startswith("fixed_x") or a == PLAIN]
+    shown = [a for a in boards[0].arms if not a.startswith(FIXED_PREFIX) or a == PLAIN]
     shown = [a for a in shown if a != GLOBAL_FIXED]
     for board in boards:
         ax = axes[tasks.index(board.task), optimizers.index(board.optimizer)]

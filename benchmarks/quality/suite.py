@@ -26,12 +26,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
+from tqdm import tqdm
+
 from quality.arms import INNER_OPTIMIZERS, Arm, InnerOptimizer, default_arms
 from quality.metrics import Scoreboard, score
 from quality.report import plot_final_val, plot_multipliers, write_report
 from quality.runner import RunResult, run_population
 from quality.tasks import TASKS, Task
-from tqdm import tqdm
 
 BENCHMARKS = Path(__file__).resolve().parent.parent
 # Base LR = nominal LR x these factors: 10^-1.5 ... 10^1, a 316x range with
@@ -143,7 +144,10 @@ def run_suite(options: SuiteOptions) -> tuple[list[Scoreboard], dict[tuple[str, 
                 # An arm that ignores the inner optimizer produced the same
                 # runs for every optimizer's table; they are relabelled, not rerun.
                 per_optimizer[opt_name] += [
-                    dataclasses.replace(r, optimizer=opt_name) for r in shared
+                    dataclasses.replace(
+                        r, optimizer=opt_name, base_lrs=optimizer.nominal_lr * MIS_SET_FACTORS
+                    )
+                    for r in shared
                 ]
                 progress.update()
         for opt_name, results in per_optimizer.items():
