@@ -16,6 +16,12 @@ CONTROL_MODES = ("adaptive", "random")
 STRUCTURED_CONTROL_MODES = ("independent", "conditional")
 CONTEXT_MODES = ("none", "trend", "trend_phase")
 TIE_BREAKS = ("random", "lowest")
+MULTIPLIER_MODES = ("absolute", "relative")
+
+# Named bundles of knobs. "robust" turns on the spike guard (with its tuned
+# defaults) and leaves the arms as given: by default a single LR arm, so no
+# exploration, which is what paid off when measured.
+PRESETS: dict[str, dict[str, object]] = {"reference": {}, "robust": {"guard": True}}
 
 TRENDS = ("improving", "stable", "worsening")
 PHASES = ("early", "middle", "late")
@@ -94,6 +100,23 @@ class AEESConfig:
       tie_break: ``"random"`` breaks ties between equally good arms at random;
         ``"lowest"`` picks the lowest index (deterministic comparisons).
       log_capacity: how many recent closed episodes the state keeps.
+      multiplier_mode: ``"absolute"``: an LR arm is the multiplier itself;
+        ``"relative"``: an LR arm multiplies a running scale at the start of
+        each episode (moves such as x0.5 / x1 / x2 that compound), kept within
+        ``[min_lr_scale, max_lr_scale]``.
+      min_lr_scale: floor of the running LR scale (guard cuts and relative moves).
+      max_lr_scale: ceiling of the running LR scale.
+      guard: turn on the spike guard: when the fast EMA of the loss exceeds
+        ``guard_spike_ratio`` times the slow EMA, or the loss is not finite, the
+        adapter restores the snapshot taken at the last episode boundary and the
+        running LR scale is multiplied by ``guard_backoff`` (cuts compound).
+      guard_spike_ratio: fast/slow ratio that counts as a spike (> 1).
+      guard_fast_alpha: smoothing of the fast loss EMA, in (0, 1].
+      guard_slow_alpha: smoothing of the slow loss EMA, in (0, guard_fast_alpha).
+      guard_backoff: factor applied to the LR scale on every rollback, in (0, 1).
+      guard_max_consecutive: rollbacks allowed without a clean episode in
+        between; past it the guard stands down until an episode closes cleanly.
+      guard_warmup_steps: recorded steps before the guard may fire.
     """
 
     lr_candidates: tuple[float, ...] = (1.0,)
@@ -116,6 +139,16 @@ class AEESConfig:
     seed: int | None = None
     tie_break: str = "random"
     log_capacity: int = 1024
+    multiplier_mode: str = "absolute"
+    min_lr_scale: float = 1.0 / 64.0
+    max_lr_scale: float = 1.0
+    guard: bool = False
+    guard_spike_ratio: float = 2.0
+    guard_fast_alpha: float = 0.3
+    guard_slow_alpha: float = 0.02
+    guard_backoff: float = 0.5
+    guard_max_consecutive: int = 3
+    guard_warmup_steps: int = 20
 
     def __post_init__(self) -> None:
         fields = {
@@ -133,7 +166,14 @@ class AEESConfig:
             "context_trend_window": _integer("context_trend_window", self.context_trend_window, 1),
             "warmup_rounds": _integer("warmup_rounds", self.warmup_rounds, 0),
             "log_capacity": _integer("log_capacity", self.log_capacity, 1),
+            "multiplier_mode": _choice("multiplier_mode", self.multiplier_mode, MULTIPLIER_MODES),
+            "guard_max_consecutive": _integer(
+                "guard_max_consecutive", self.guard_max_consecutive, 1
+            ),
+            "guard_warmup_steps": _integer("guard_warmup_steps", self.guard_warmup_steps, 0),
         }
+        if not isinstance(self.guard, bool):
+            raise ValueError(f"guard must be a bool, got {self.guard!r}.")
         reals = {
             name: _real(name, getattr(self, name))
             for name in (
@@ -145,6 +185,12 @@ class AEESConfig:
                 "ema_alpha",
                 "exploration_coef",
                 "discount",
+                "min_lr_scale",
+                "max_lr_scale",
+                "guard_spike_ratio",
+                "guard_fast_alpha",
+                "guard_slow_alpha",
+                "guard_backoff",
             )
         }
         if reals["context_trend_epsilon"] < 0.0:
@@ -161,6 +207,18 @@ class AEESConfig:
             raise ValueError("exploration_coef must be non-negative.")
         if not 0.0 < reals["discount"] <= 1.0:
             raise ValueError("discount must be in the interval (0, 1].")
+        if not 0.0 < reals["min_lr_scale"] <= 1.0:
+            raise ValueError("min_lr_scale must be in the interval (0, 1].")
+        if not 1.0 <= reals["max_lr_scale"] < math.inf:
+            raise ValueError("max_lr_scale must be finite and >= 1.")
+        if not reals["guard_spike_ratio"] > 1.0:
+            raise ValueError("guard_spike_ratio must be > 1.")
+        if not 0.0 < reals["guard_fast_alpha"] <= 1.0:
+            raise ValueError("guard_fast_alpha must be in the interval (0, 1].")
+        if not 0.0 < reals["guard_slow_alpha"] < reals["guard_fast_alpha"]:
+            raise ValueError("guard_slow_alpha must be in the interval (0, guard_fast_alpha).")
+        if not 0.0 < reals["guard_backoff"] < 1.0:
+            raise ValueError("guard_backoff must be in the interval (0, 1).")
         fields.update(reals)
 
         total = self.total_training_steps
@@ -220,3 +278,16 @@ class AEESConfig:
     def replace(self, **changes: object) -> AEESConfig:
         """A validated copy with some knobs changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def apply_preset(config: AEESConfig, preset: str | None) -> AEESConfig:
+    """``config`` with the knobs of a named preset applied (``None`` changes nothing).
+
+    Raises:
+      ValueError: if ``preset`` is not a known preset name.
+    """
+    if preset is None:
+        return config
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be None or one of {sorted(PRESETS)}, got {preset!r}.")
+    return config.replace(**PRESETS[preset])

@@ -21,7 +21,14 @@ import jax.numpy as jnp
 
 from pulseopt_core import bandit, context, reward
 from pulseopt_core.config import AEESConfig
-from pulseopt_core.state import AEESState, Candidate, EpisodeLog, OpenEpisode
+from pulseopt_core.state import (
+    AEESState,
+    Candidate,
+    EpisodeLog,
+    GuardDecision,
+    GuardState,
+    OpenEpisode,
+)
 
 SELECT_STREAM = 0
 NOISE_STREAM = 1
@@ -76,6 +83,13 @@ def _selected_values(
     return lr_values[lr_index], noise_values[noise_index]
 
 
+def _episode_scale(config: AEESConfig, lr_scale: jax.Array, lr_arm: jax.Array) -> jax.Array:
+    """The LR scale an episode runs at: a relative arm moves the running scale."""
+    if config.multiplier_mode == "absolute":
+        return lr_scale
+    return jnp.clip(lr_scale * lr_arm, config.min_lr_scale, config.max_lr_scale)
+
+
 def _noise_controller_of(config: AEESConfig, lr_index: jax.Array) -> jax.Array:
     """Which noise controller belongs to an LR arm (always 0 unless conditional)."""
     if config.num_noise_controllers == 1:
@@ -104,7 +118,9 @@ def _open_episode(config: AEESConfig, state: AEESState) -> OpenEpisode:
         noise_index = bandit.controller_select(config, noise_controller, bucket, noise_key)
     else:
         noise_index = zero_index
-    lr_multiplier, noise_std = _selected_values(config, lr_index, noise_index)
+    lr_arm, noise_std = _selected_values(config, lr_index, noise_index)
+    scale = _episode_scale(config, state.guard.lr_scale, lr_arm)
+    lr_multiplier = scale if config.multiplier_mode == "relative" else lr_arm * scale
     zero = jnp.zeros((), bandit.float_dtype())
     return OpenEpisode(
         lr_index=lr_index,
@@ -164,6 +180,18 @@ def _init(config: AEESConfig, key: jax.Array) -> AEESState:
         skipped_steps=int_zero,
         unscored_episodes=int_zero,
         episode_log=_empty_log(config),
+        guard=GuardState(
+            lr_scale=jnp.ones((), dtype),
+            guard_fast_loss=jnp.zeros((), dtype),
+            guard_slow_loss=jnp.zeros((), dtype),
+            guard_steps=int_zero,
+            snapshot_loss=jnp.zeros((), dtype),
+            has_snapshot=jnp.zeros((), bool),
+            consecutive_rollbacks=int_zero,
+            total_rollbacks=int_zero,
+            take_snapshot=jnp.zeros((), bool),
+            rolled_back=jnp.zeros((), bool),
+        ),
     )
     return state._replace(episode=_open_episode(config, state))
 
@@ -184,7 +212,20 @@ def noise_key(state: AEESState) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(state.rng_key, NOISE_STREAM), state.global_step)
 
 
-def _close_episode(config: AEESConfig, state: AEESState) -> AEESState:
+def _next_episode(config: AEESConfig, state: AEESState, cut: jax.Array | bool) -> AEESState:
+    """Commit the finished episode's LR scale (cut on a rollback) and open the next episode."""
+    lr_arm, _ = _selected_values(config, state.episode.lr_index, state.episode.noise_index)
+    scale = _episode_scale(config, state.guard.lr_scale, lr_arm)
+    if config.guard:
+        cut_scale = jnp.maximum(scale * config.guard_backoff, config.min_lr_scale)
+        scale = jnp.where(cut, cut_scale, scale)
+    committed = state._replace(guard=state.guard._replace(lr_scale=scale))
+    return committed._replace(episode=_open_episode(config, committed))
+
+
+def _close_episode(
+    config: AEESConfig, state: AEESState, cut: jax.Array | bool = False
+) -> AEESState:
     """Score the open episode, update its controllers, log it, open the next one."""
     episode = state.episode
     score = reward.reward_from_statistics(
@@ -261,7 +302,71 @@ def _close_episode(config: AEESConfig, state: AEESState) -> AEESState:
         unscored_episodes=state.unscored_episodes + (~learn).astype(jnp.int32),
         episode_log=episode_log,
     )
-    return closed._replace(episode=_open_episode(config, closed))
+    return _next_episode(config, closed, cut)
+
+
+def _guard_averages(
+    config: AEESConfig, guard: GuardState, loss: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The fast and slow loss EMAs with ``loss`` folded in (both start at the first loss)."""
+    first = guard.guard_steps == 0
+    fast = config.guard_fast_alpha * loss + (1.0 - config.guard_fast_alpha) * guard.guard_fast_loss
+    slow = config.guard_slow_alpha * loss + (1.0 - config.guard_slow_alpha) * guard.guard_slow_loss
+    return jnp.where(first, loss, fast), jnp.where(first, loss, slow)
+
+
+@jax.jit(static_argnums=0)
+def guard_check(config: AEESConfig, state: AEESState, loss: jax.Array | float) -> GuardDecision:
+    """What the spike guard asks of the adapter for a step whose loss is ``loss``.
+
+    A step spikes when its loss is not finite, or (after ``guard_warmup_steps``)
+    when the fast loss EMA exceeds ``guard_spike_ratio`` times the slow one. A
+    spike rolls back when a snapshot exists and fewer than
+    ``guard_max_consecutive`` rollbacks happened since the last clean episode.
+    A sound step snapshots the parameters it starts from when none is held yet
+    or when it closes its episode. `record_step` applies the same decision to
+    the state; adapters call this first to know what to do with the step.
+
+    Returns:
+      A `GuardDecision`; both flags are always false without ``config.guard``.
+    """
+    false = jnp.zeros((), bool)
+    if not config.guard:
+        return GuardDecision(rollback=false, take_snapshot=false)
+    guard = state.guard
+    loss = jnp.asarray(loss).astype(bandit.float_dtype())
+    finite = jnp.isfinite(loss)
+    fast, slow = _guard_averages(config, guard, jnp.where(finite, loss, guard.guard_slow_loss))
+    warm = guard.guard_steps >= config.guard_warmup_steps
+    spike = ~finite | (warm & (fast > config.guard_spike_ratio * slow))
+    armed = guard.has_snapshot & (guard.consecutive_rollbacks < config.guard_max_consecutive)
+    closes = state.episode.episode_steps + 1 >= config.episode_length
+    return GuardDecision(
+        rollback=spike & armed,
+        take_snapshot=~spike & (~guard.has_snapshot | closes),
+    )
+
+
+def _roll_back(config: AEESConfig, state: AEESState) -> AEESState:
+    """Close the open episode as it stands, cut the LR scale and restart the loss EMAs."""
+    moved = state._replace(global_step=state.global_step + 1)
+    moved = jax.lax.cond(
+        moved.episode.episode_steps > 0,
+        lambda s: _close_episode(config, s, cut=True),
+        lambda s: _next_episode(config, s, cut=True),
+        moved,
+    )
+    guard = moved.guard
+    return moved._replace(
+        guard=guard._replace(
+            guard_fast_loss=guard.snapshot_loss,
+            guard_slow_loss=guard.snapshot_loss,
+            consecutive_rollbacks=guard.consecutive_rollbacks + 1,
+            total_rollbacks=guard.total_rollbacks + 1,
+            take_snapshot=jnp.zeros((), bool),
+            rolled_back=jnp.ones((), bool),
+        )
+    )
 
 
 @jax.jit(static_argnums=0)
@@ -286,7 +391,9 @@ def record_step(
     Returns:
       The new state. A skipped step, or one whose loss or update norm is not
       finite, leaves everything unchanged except ``skipped_steps`` (+1): a NaN
-      never reaches the episode statistics or the controllers.
+      never reaches the episode statistics or the controllers. With
+      ``config.guard`` a step that `guard_check` rolls back instead closes the
+      open episode without this loss, cuts the LR scale and opens a new one.
     """
     dtype = bandit.float_dtype()
     loss = jnp.asarray(loss).astype(dtype)
@@ -316,14 +423,41 @@ def record_step(
         update_norm_count=episode.update_norm_count + int(update_norm is not None),
     )
     advanced = state._replace(episode=counted, global_step=state.global_step + 1)
+    closes = steps >= config.episode_length
+    if config.guard:
+        decision = guard_check(config, state, loss)
+        fast, slow = _guard_averages(config, state.guard, safe_loss)
+        taken = decision.take_snapshot
+        guard = state.guard
+        advanced = advanced._replace(
+            guard=guard._replace(
+                guard_fast_loss=fast,
+                guard_slow_loss=slow,
+                guard_steps=guard.guard_steps + 1,
+                snapshot_loss=jnp.where(taken, slow, guard.snapshot_loss),
+                has_snapshot=guard.has_snapshot | taken,
+                consecutive_rollbacks=jnp.where(closes, 0, guard.consecutive_rollbacks),
+                take_snapshot=taken,
+                rolled_back=jnp.zeros((), bool),
+            )
+        )
     advanced = jax.lax.cond(
-        steps >= config.episode_length,
+        closes,
         lambda s: _close_episode(config, s),
         lambda s: s,
         advanced,
     )
     skipped = state._replace(skipped_steps=state.skipped_steps + 1)
-    return jax.tree.map(lambda a, b: jnp.where(valid, a, b), advanced, skipped)
+    if config.guard:
+        quiet = jnp.zeros((), bool)
+        skipped = skipped._replace(
+            guard=skipped.guard._replace(take_snapshot=quiet, rolled_back=quiet)
+        )
+    result = jax.tree.map(lambda a, b: jnp.where(valid, a, b), advanced, skipped)
+    if config.guard:
+        rolled = _roll_back(config, state)
+        result = jax.tree.map(lambda a, b: jnp.where(decision.rollback, a, b), rolled, result)
+    return result
 
 
 @jax.jit(static_argnums=0)

@@ -114,6 +114,50 @@ class EpisodeLog(NamedTuple):
     log_context_phase: jax.Array
 
 
+class GuardState(NamedTuple):
+    """The spike guard and the running LR scale.
+
+    Attributes:
+      lr_scale: ``f[]`` running scale on the LR arm (guard cuts, relative moves).
+      guard_fast_loss: ``f[]`` fast EMA of the recorded losses.
+      guard_slow_loss: ``f[]`` slow EMA of the recorded losses.
+      guard_steps: ``i32[]`` losses folded into the EMAs.
+      snapshot_loss: ``f[]`` slow EMA when the snapshot was taken (the EMAs
+        restart there after a rollback).
+      has_snapshot: ``bool[]`` whether the adapter holds a snapshot.
+      consecutive_rollbacks: ``i32[]`` rollbacks since the last clean episode.
+      total_rollbacks: ``i32[]`` rollbacks so far.
+      take_snapshot: ``bool[]`` the latest step asked the adapter to snapshot
+        the parameters and inner state it started from.
+      rolled_back: ``bool[]`` the latest step asked the adapter to restore the
+        snapshot instead of applying its update.
+    """
+
+    lr_scale: jax.Array
+    guard_fast_loss: jax.Array
+    guard_slow_loss: jax.Array
+    guard_steps: jax.Array
+    snapshot_loss: jax.Array
+    has_snapshot: jax.Array
+    consecutive_rollbacks: jax.Array
+    total_rollbacks: jax.Array
+    take_snapshot: jax.Array
+    rolled_back: jax.Array
+
+
+class GuardDecision(NamedTuple):
+    """What the guard asks of the adapter for the step whose loss was just seen.
+
+    Attributes:
+      rollback: ``bool[]`` restore the snapshot instead of applying this step.
+      take_snapshot: ``bool[]`` snapshot the parameters and inner state this
+        step starts from (their loss was just seen to be sound).
+    """
+
+    rollback: jax.Array
+    take_snapshot: jax.Array
+
+
 class AEESState(NamedTuple):
     """Everything AEES knows, as one pytree of arrays.
 
@@ -129,6 +173,7 @@ class AEESState(NamedTuple):
       skipped_steps: ``i32[]`` steps the core ignored (non-finite or skipped).
       unscored_episodes: ``i32[]`` closed episodes whose reward was undefined.
       episode_log: the last ``C`` closed episodes.
+      guard: the spike guard and the running LR scale (inert unless enabled).
     """
 
     lr_controller: ControllerState
@@ -142,6 +187,7 @@ class AEESState(NamedTuple):
     skipped_steps: jax.Array
     unscored_episodes: jax.Array
     episode_log: EpisodeLog
+    guard: GuardState
 
 
 class RewardBreakdown(NamedTuple):

@@ -37,6 +37,7 @@ import pulseopt_core as core
 record_step = jax.jit(core.record_step, static_argnums=0, donate_argnums=1)
 finalize = jax.jit(core.finalize, static_argnums=0, donate_argnums=1)
 restart_episode_at = jax.jit(core.restart_episode_at, static_argnums=0, donate_argnums=1)
+guard_check = jax.jit(core.guard_check, static_argnums=0)
 
 
 @functools.cache

@@ -30,6 +30,7 @@ import pulseopt_core as core
 from pulseopt_core.logs import empty_logs, log_entries
 from pulseopt_torch import _runtime
 from pulseopt_torch._noise import GradientNoise
+from pulseopt_torch._snapshot import Snapshot
 from pulseopt_torch._update_norm import UpdateNormTracker
 from pulseopt_torch.candidate import CandidateConfig
 
@@ -54,7 +55,10 @@ class AEES:
       structured_control_mode, context_mode, total_training_steps,
       context_trend_window, context_trend_epsilon, reward_instability_lambda,
       reward_epsilon, reward_clip_min, reward_clip_max, ema_alpha,
-      exploration_coef, discount, warmup_rounds, seed, tie_break, log_capacity:
+      exploration_coef, discount, warmup_rounds, seed, tie_break, log_capacity,
+      multiplier_mode, min_lr_scale, max_lr_scale, guard, guard_spike_ratio,
+      guard_fast_alpha, guard_slow_alpha, guard_backoff, guard_max_consecutive,
+      guard_warmup_steps:
         the knobs of `pulseopt_core.AEESConfig`, with the same defaults.
         ``log_capacity`` bounds only the core's in-state log: `get_logs` keeps
         every episode. With ``seed=None`` a seed is drawn once (and, under
@@ -63,6 +67,13 @@ class AEES:
       track_update_norm: record the L2 norm of each step's parameter update
         (one parameter-sized buffer, allocated once). With ``False`` nothing
         parameter-sized is allocated and ``mean_update_norms`` logs ``None``.
+      preset: ``None`` (the published behaviour, the default) or ``"robust"``:
+        the spike guard on. When the loss spikes (its fast average passes twice
+        its slow average) or turns non-finite, the parameters and the optimizer
+        state are restored in place from the snapshot taken at the last sound
+        episode boundary, and the LR multiplier is halved (cuts compound, down
+        to ``min_lr_scale``). Costs one copy of the parameters and of the
+        optimizer state, and one host read per step.
       skip_nonfinite: on a NaN/Inf loss, skip the step (no optimizer or
         scheduler step, nothing recorded, counted in the core's
         ``skipped_steps``) instead of raising ``ValueError``; for AMP loops.
@@ -110,6 +121,17 @@ class AEES:
         seed: int | None = None,
         tie_break: str = "random",
         log_capacity: int = 1024,
+        multiplier_mode: str = "absolute",
+        min_lr_scale: float = 1.0 / 64.0,
+        max_lr_scale: float = 1.0,
+        guard: bool = False,
+        guard_spike_ratio: float = 2.0,
+        guard_fast_alpha: float = 0.3,
+        guard_slow_alpha: float = 0.02,
+        guard_backoff: float = 0.5,
+        guard_max_consecutive: int = 3,
+        guard_warmup_steps: int = 20,
+        preset: str | None = None,
         lr_scheduler: Any | None = None,
         track_update_norm: bool = True,
         skip_nonfinite: bool = False,
@@ -140,7 +162,18 @@ class AEES:
                 seed=seed,
                 tie_break=tie_break,
                 log_capacity=log_capacity,
+                multiplier_mode=multiplier_mode,
+                min_lr_scale=min_lr_scale,
+                max_lr_scale=max_lr_scale,
+                guard=guard,
+                guard_spike_ratio=guard_spike_ratio,
+                guard_fast_alpha=guard_fast_alpha,
+                guard_slow_alpha=guard_slow_alpha,
+                guard_backoff=guard_backoff,
+                guard_max_consecutive=guard_max_consecutive,
+                guard_warmup_steps=guard_warmup_steps,
             )
+            config = core.apply_preset(config, preset)
         for warning in caught:
             warnings.warn(warning.message, warning.category, stacklevel=2)
 
@@ -154,6 +187,7 @@ class AEES:
         self._seed = config.seed if config.seed is not None else self._shared_fresh_seed()
         self._noise = GradientNoise(self._seed)
         self._norm_tracker = UpdateNormTracker() if track_update_norm else None
+        self._snapshot = Snapshot() if config.guard else None
 
         with _runtime.on_cpu_in_float64():
             self._state = core.init(self._core_config, self._seed)
@@ -223,6 +257,8 @@ class AEES:
                 "step_end() called without a preceding step_start(); open the step first."
             )
         loss_value = self._loss_value(loss)
+        if self._snapshot is not None and self._guard_step(loss_value):
+            return
         if not math.isfinite(loss_value):
             self._current_candidate = None
             if not self._skip_nonfinite:
@@ -303,6 +339,7 @@ class AEES:
             "logs": {key: list(values) for key, values in self._logs.items()},
             "noise_generators": self._noise.state_dict(),
             "step_open": self._current_candidate is not None,
+            "guard_snapshot": (self._snapshot.state_dict() if self._snapshot is not None else None),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -337,6 +374,8 @@ class AEES:
         if set(logs) != set(self._logs):
             raise ValueError("state_dict entry 'logs' does not match this configuration.")
 
+        if self._snapshot is not None:
+            self._snapshot.load_state_dict(self._optimizer, state_dict["guard_snapshot"])
         self._state = state
         self._seed = seed
         self._noise = noise
@@ -399,6 +438,28 @@ class AEES:
                 group["lr"] = base_lr
         return None if self._norm_tracker is None else self._norm_tracker.norm()
 
+    def _guard_step(self, loss: float) -> bool:
+        """Let the spike guard snapshot or roll back; True if the step was rolled back."""
+        assert self._snapshot is not None
+        with _runtime.on_cpu_in_float64():
+            decision = _runtime.guard_check(self._core_config, self._state, loss)
+            rollback, take_snapshot = (bool(flag) for flag in jax.device_get(decision))
+        if not rollback:
+            if take_snapshot:
+                self._snapshot.take(self._optimizer)
+            return False
+        self._current_candidate = None
+        self._snapshot.restore(self._optimizer)
+        with _runtime.on_cpu_in_float64():
+            self._state = _runtime.record_step(self._core_config, self._state, loss, None)
+        # The core closed the open episode (if it had steps) and opened a new one.
+        if self._episode_steps > 0:
+            self._episodes_closed += 1
+        self._episode_steps = 0
+        self._core_step += 1
+        self._episode_candidate = None
+        return True
+
     def _record(self, loss: float, update_norm: float | None, *, skip: bool) -> None:
         with _runtime.on_cpu_in_float64():
             self._state = _runtime.record_step(
@@ -425,12 +486,18 @@ class AEES:
         """
         self._sync_logs()
         with _runtime.on_cpu_in_float64():
-            lr_index, noise_index = jax.device_get(
-                (self._state.episode.lr_index, self._state.episode.noise_index)
+            lr_index, noise_index, multiplier = jax.device_get(
+                (
+                    self._state.episode.lr_index,
+                    self._state.episode.noise_index,
+                    self._state.episode.lr_multiplier,
+                )
             )
+        # The core computes in float64 here, so the multiplier is exactly the
+        # Python product of the arm and its scale, as the published wrapper uses.
         lr = self._config.lr_candidates[int(lr_index)]
         noise = self._config.noise_candidates[int(noise_index)]
-        return CandidateConfig(core.candidate_name(lr, noise), lr, noise)
+        return CandidateConfig(core.candidate_name(lr, noise), float(multiplier), noise)
 
     def _sync_logs(self) -> None:
         """Append the log entries of episodes closed since the last sync."""

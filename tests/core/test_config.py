@@ -50,6 +50,17 @@ def test_candidates_become_tuples_of_floats() -> None:
         ("seed", 1.5),
         ("tie_break", "highest"),
         ("log_capacity", 0),
+        ("multiplier_mode", "additive"),
+        ("min_lr_scale", 0.0),
+        ("min_lr_scale", 2.0),
+        ("max_lr_scale", 0.5),
+        ("guard", 1),
+        ("guard_spike_ratio", 1.0),
+        ("guard_fast_alpha", 0.0),
+        ("guard_slow_alpha", 0.5),
+        ("guard_backoff", 1.0),
+        ("guard_max_consecutive", 0),
+        ("guard_warmup_steps", -1),
     ],
 )
 def test_invalid_knob_raises_value_error_naming_it(knob: str, value: object) -> None:
@@ -97,3 +108,19 @@ def test_candidate_names_use_the_published_format() -> None:
     assert core.candidate_name(0.5, 0.005) == "lr0p5_n0p005"
     assert core.candidate_name(1.0, 0.0) == "lr1_n0"
     assert core.candidate_name(1e-20, 0.0) == "lr1em20_n0"
+
+
+def test_the_robust_preset_turns_on_the_guard_and_keeps_the_arms() -> None:
+    config = core.apply_preset(core.AEESConfig(lr_candidates=(0.5, 1.0)), "robust")
+    assert config.guard
+    assert config.lr_candidates == (0.5, 1.0)
+
+
+def test_no_preset_changes_nothing() -> None:
+    config = core.AEESConfig(episode_length=7)
+    assert core.apply_preset(config, None) is config
+
+
+def test_an_unknown_preset_raises_naming_it() -> None:
+    with pytest.raises(ValueError, match="preset"):
+        core.apply_preset(core.AEESConfig(), "fast")

@@ -1,0 +1,119 @@
+"""The spike guard: detection, rollback requests, compounding back-off, its cap, snapshots."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import pulseopt_core as core
+
+CONFIG = core.AEESConfig(episode_length=5, guard=True, guard_warmup_steps=5, seed=0)
+
+
+def _run(config: core.AEESConfig, losses: list[float]) -> tuple[core.AEESState, list]:
+    """Record the losses one by one; returns the final state and each step's decision."""
+    state = core.init(config)
+    decisions = []
+    for loss in losses:
+        decision = core.guard_check(config, state, loss)
+        state = core.record_step(config, state, loss, 0.1)
+        assert bool(state.guard.rolled_back) == bool(decision.rollback)
+        assert bool(state.guard.take_snapshot) == bool(decision.take_snapshot)
+        decisions.append((bool(decision.rollback), bool(decision.take_snapshot)))
+    return state, decisions
+
+
+def test_the_first_sound_step_and_every_episode_boundary_take_a_snapshot() -> None:
+    _, decisions = _run(CONFIG, [1.0] * 10)
+    snapshots = [step for step, (_, take) in enumerate(decisions) if take]
+    assert snapshots == [0, 4, 9]
+
+
+def test_a_loss_spike_rolls_back_and_halves_the_lr_scale() -> None:
+    state, decisions = _run(CONFIG, [1.0] * 12 + [5.0])
+    assert decisions[-1] == (True, False)
+    assert float(state.guard.lr_scale) == 0.5
+    assert float(core.current_candidate(state).lr_multiplier) == 0.5
+    assert int(state.guard.total_rollbacks) == 1
+
+
+def test_a_non_finite_loss_rolls_back_once_a_snapshot_exists() -> None:
+    state, decisions = _run(CONFIG, [1.0] * 3 + [float("nan")])
+    assert decisions[-1] == (True, False)
+    assert int(state.skipped_steps) == 0
+
+
+def test_a_non_finite_loss_before_any_snapshot_is_skipped() -> None:
+    state, decisions = _run(CONFIG, [float("inf")])
+    assert decisions == [(False, False)]
+    assert int(state.skipped_steps) == 1
+
+
+def test_no_spike_fires_during_warmup() -> None:
+    _, decisions = _run(CONFIG, [1.0, 1.0, 9.0])
+    assert not any(rollback for rollback, _ in decisions)
+
+
+def test_cuts_compound_down_to_the_floor() -> None:
+    config = CONFIG.replace(guard_max_consecutive=100, min_lr_scale=0.125)
+    state, _ = _run(config, [1.0] * 6 + [50.0] * 6)
+    assert int(state.guard.total_rollbacks) == 6
+    assert float(state.guard.lr_scale) == 0.125
+
+
+def test_consecutive_rollbacks_are_capped_until_an_episode_closes_cleanly() -> None:
+    config = CONFIG.replace(guard_max_consecutive=2)
+    state, decisions = _run(config, [1.0] * 6 + [50.0] * 4)
+    assert [rollback for rollback, _ in decisions[6:]] == [True, True, False, False]
+    assert float(state.guard.lr_scale) == 0.25
+    state, decisions = _run(config, [1.0] * 6 + [50.0, 50.0] + [1.0] * 5 + [50.0])
+    assert decisions[-1][0]
+
+
+def test_a_rollback_closes_the_open_episode_without_the_spiking_loss() -> None:
+    state, _ = _run(CONFIG, [1.0] * 7 + [9.0])
+    logs = core.episode_logs(CONFIG, state)
+    assert logs["episode_end_steps"] == [4, 6]
+    assert logs["episode_end_losses"] == [1.0, 1.0]
+    assert int(state.episode.start_step) == 8
+
+
+def test_the_loss_averages_restart_at_the_snapshot_level() -> None:
+    state, _ = _run(CONFIG, [2.0] * 7 + [30.0])
+    assert float(state.guard.guard_fast_loss) == pytest.approx(2.0)
+    assert float(state.guard.guard_slow_loss) == pytest.approx(2.0)
+
+
+def test_without_the_guard_nothing_is_ever_requested() -> None:
+    config = CONFIG.replace(guard=False)
+    state, decisions = _run(config, [1.0] * 8 + [100.0, float("nan")])
+    assert not any(rollback or take for rollback, take in decisions)
+    assert float(state.guard.lr_scale) == 1.0
+
+
+def test_relative_arms_compound_within_the_scale_bounds() -> None:
+    config = core.AEESConfig(
+        lr_candidates=(2.0,),
+        multiplier_mode="relative",
+        max_lr_scale=4.0,
+        episode_length=1,
+    )
+    state = core.init(config)
+    multipliers = []
+    for _ in range(4):
+        multipliers.append(float(core.current_candidate(state).lr_multiplier))
+        state = core.record_step(config, state, 1.0)
+    assert multipliers == [2.0, 4.0, 4.0, 4.0]
+
+
+def test_the_guard_runs_under_vmap() -> None:
+    losses = np.asarray([1.0] * 8 + [40.0], np.float32)
+
+    def run(key):
+        state = core.init(CONFIG, key)
+        state, _ = jax.lax.scan(lambda s, l: (core.record_step(CONFIG, s, l), None), state, losses)
+        return state.guard.total_rollbacks
+
+    totals = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 3))
+    np.testing.assert_array_equal(totals, [1, 1, 1])

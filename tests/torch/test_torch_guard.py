@@ -1,0 +1,112 @@
+"""The robust preset in the torch adapter: in-place rollback, back-off, resume."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import torch
+
+from pulseopt_torch import AEES
+from tests.torch.aees_torch_helpers import loss_at, tiny_model
+
+EPISODE = 4
+SPIKE_STEP = 9  # in the third episode; the last snapshot was taken at step 7
+
+
+def _guarded(model: torch.nn.Module) -> AEES:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    return AEES(optimizer, episode_length=EPISODE, preset="robust", guard_warmup_steps=2, seed=0)
+
+
+def _step(aees: AEES, model: torch.nn.Module, step: int, scale: float = 1.0) -> None:
+    aees.step_start(step)
+    aees.optimizer.zero_grad()
+    loss = loss_at(model, step) * scale
+    loss.backward()
+    aees.step_end(loss)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [
+        value.clone()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    ]
+
+
+def test_a_spike_restores_params_and_optimizer_state_exactly() -> None:
+    model = tiny_model()
+    aees = _guarded(model)
+    for step in range(SPIKE_STEP):
+        if step == 7:
+            params = [p.detach().clone() for p in model.parameters()]
+            state = _optimizer_tensors(aees.optimizer)
+        _step(aees, model, step)
+    _step(aees, model, SPIKE_STEP, scale=1e4)
+
+    for saved, now in zip(params, model.parameters(), strict=True):
+        assert torch.equal(saved, now)
+    for saved, now in zip(state, _optimizer_tensors(aees.optimizer), strict=True):
+        assert torch.equal(saved, now)
+
+
+def test_a_spike_halves_the_lr_multiplier_for_the_next_steps() -> None:
+    model = tiny_model()
+    aees = _guarded(model)
+    for step in range(SPIKE_STEP):
+        _step(aees, model, step)
+    _step(aees, model, SPIKE_STEP, scale=1e4)
+    assert aees.step_start(SPIKE_STEP + 1).lr_multiplier == 0.5
+    assert int(aees.core_state.guard.total_rollbacks) == 1
+
+
+def test_a_non_finite_loss_rolls_back_instead_of_raising() -> None:
+    model = tiny_model()
+    aees = _guarded(model)
+    for step in range(5):
+        _step(aees, model, step)
+    before = [p.detach().clone() for p in model.parameters()]
+    _step(aees, model, 5, scale=float("nan"))
+    assert int(aees.core_state.guard.total_rollbacks) == 1
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), (
+        "the snapshot is from step 3, not step 5"
+    )
+    _step(aees, model, 6)
+
+
+def test_without_a_preset_no_snapshot_is_kept() -> None:
+    aees = AEES(torch.optim.SGD(tiny_model().parameters(), lr=0.1))
+    assert aees.state_dict()["guard_snapshot"] is None
+    assert not aees.config.guard
+
+
+def test_a_guarded_run_resumes_exactly_from_its_state_dict() -> None:
+    model = tiny_model()
+    aees = _guarded(model)
+    for step in range(6):
+        _step(aees, model, step)
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "aees": aees.state_dict(),
+            "model": model.state_dict(),
+            "optimizer": aees.optimizer.state_dict(),
+        },
+        buffer,
+    )
+    resumed_model = tiny_model(seed=1)
+    resumed = _guarded(resumed_model)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed_model.load_state_dict(saved["model"])
+    resumed.optimizer.load_state_dict(saved["optimizer"])
+    resumed.load_state_dict(saved["aees"])
+
+    for run_model, run in ((model, aees), (resumed_model, resumed)):
+        for step in range(6, 14):
+            _step(run, run_model, step, scale=1e4 if step == SPIKE_STEP else 1.0)
+    for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert copy.deepcopy(aees.get_logs()) == resumed.get_logs()
