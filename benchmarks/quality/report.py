@@ -90,64 +90,93 @@ def _summary_table(boards: Sequence[Scoreboard], labels: dict[str, str]) -> list
     return lines
 
 
-def _verdicts(boards: Sequence[Scoreboard], arm: str) -> dict[str, list[float]]:
-    """Ratios to plain training per base-LR side ("low", "nominal", "high")."""
-    sides: dict[str, list[float]] = {"low": [], "nominal": [], "high": []}
+SIDES = {"low": "too low", "nominal": "nominal", "high": "too high"}
+
+
+def _ratios_by_side(boards: Sequence[Scoreboard], arm: str) -> dict[str, np.ndarray]:
+    """Ratios to plain training, grouped by whether the base LR is below, at or above nominal."""
+    sides: dict[str, list[float]] = {side: [] for side in SIDES}
     for board in boards:
         for factor, ratio in zip(board.mis_set, relative_to_plain(board, arm), strict=True):
             side = "low" if factor < 0.99 else "high" if factor > 1.01 else "nominal"
             sides[side].append(float(ratio))
-    return sides
+    return {side: np.asarray(ratios) for side, ratios in sides.items()}
 
 
-def _count_line(ratios: Sequence[float]) -> str:
-    ratios_array = np.asarray(ratios)
-    better = int((ratios_array < 1 - TIE_TOLERANCE).sum())
-    worse = int((ratios_array > 1 + TIE_TOLERANCE).sum())
-    tied = len(ratios_array) - better - worse
-    geo = float(np.exp(np.log(ratios_array).mean()))
+def _geometric_mean(ratios: np.ndarray) -> float:
+    return float(np.exp(np.log(ratios).mean()))
+
+
+def _side_cell(ratios: np.ndarray) -> str:
+    better = int((ratios < 1 - TIE_TOLERANCE).sum())
+    worse = int((ratios > 1 + TIE_TOLERANCE).sum())
+    tied = len(ratios) - better - worse
     return (
-        f"better in {better}, tied in {tied}, worse in {worse} of {len(ratios_array)} "
-        f"(geometric-mean ratio {geo:.2f}, range {ratios_array.min():.2f}-{ratios_array.max():.2f})"
+        f"{_geometric_mean(ratios):.2f}x ({better}/{tied}/{worse}; "
+        f"{ratios.min():.2f}-{ratios.max():.2f})"
+    )
+
+
+def _regret_ratios(boards: Sequence[Scoreboard], arm: str) -> list[float]:
+    return [b.mean_regret(arm) / b.mean_regret(PLAIN) for b in boards if b.mean_regret(PLAIN) > 0]
+
+
+def _headline(boards: Sequence[Scoreboard], arm: str) -> str:
+    """One plain sentence: on which side of the nominal LR ``arm`` helps, and where it hurts."""
+    verdicts: dict[str, list[str]] = {"helps": [], "hurts": [], "is neutral": []}
+    for side, ratios in _ratios_by_side(boards, arm).items():
+        geo = _geometric_mean(ratios)
+        verdict = (
+            "helps"
+            if geo < 1 - TIE_TOLERANCE
+            else "hurts"
+            if geo > 1 + TIE_TOLERANCE
+            else "is neutral"
+        )
+        verdicts[verdict].append(f"when the base LR is {SIDES[side]} ({geo:.2f}x plain)")
+    said = [f"{v} {' and '.join(where)}" for v, where in verdicts.items() if where]
+    regret = _regret_ratios(boards, arm)
+    return (
+        f"- **{arm}** {'; it '.join(said)}. Its mean regret against the oracle is "
+        f"{min(regret):.2f}x-{max(regret):.2f}x that of plain training "
+        f"(mean {np.mean(regret):.2f}x over {len(regret)} task/optimizer pairs)."
     )
 
 
 def findings(boards: Sequence[Scoreboard], labels: dict[str, str]) -> list[str]:
     """The closing summary: where each controller helps and where it does not, in numbers."""
-    lines = [
-        "Ratios are mean final validation loss of the arm over that of plain training "
-        f"(multiplier 1 at the same base LR); within ±{TIE_TOLERANCE:.0%} counts as a tie. "
-        "Cells are (task, optimizer, base LR) combinations.",
-        "",
-    ]
-    arms = [a for a in boards[0].arms if not a.startswith(FIXED_PREFIX) and a != PLAIN]
-    for arm in arms:
-        sides = _verdicts(boards, arm)
-        parts = [f"LR too low: {_count_line(sides['low'])}"]
-        parts.append(f"LR nominal: {_count_line(sides['nominal'])}")
-        parts.append(f"LR too high: {_count_line(sides['high'])}")
-        regret_ratios = [
-            board.mean_regret(arm) / board.mean_regret(PLAIN)
-            for board in boards
-            if board.mean_regret(PLAIN) > 0
-        ]
-        parts.append(
-            "mean regret against the oracle relative to plain training, per task and optimizer: "
-            + ", ".join(f"{r:.2f}x" for r in regret_ratios)
-        )
-        lines.append(f"- **{arm}** vs plain: " + "; ".join(parts) + ".")
+    arms = [a for a in boards[0].arms if not a.startswith(FIXED_PREFIX)]
+    aees = [a for a in arms if a.startswith("aees")]
+    lines = [*(_headline(boards, arm) for arm in aees)]
     for adaptive, random in (
         ("aees_reference", "aees_reference_random"),
         ("aees_wide", "aees_wide_random"),
     ):
-        if adaptive in boards[0].arms and random in boards[0].arms:
+        if adaptive in arms and random in arms:
             lines.append(_bandit_vs_chance(boards, adaptive, random, labels))
+    counts = {side: len(r) for side, r in _ratios_by_side(boards, PLAIN).items()}
+    lines += [
+        "",
+        "Every arm against plain training (multiplier 1 at the same base LR): geometric mean "
+        "of the ratio of mean final validation losses, (better/tied/worse cells; range). "
+        f"A cell is one (task, optimizer, base LR); within ±{TIE_TOLERANCE:.0%} is a tie.",
+        "",
+        "| arm | "
+        + " | ".join(f"base LR {SIDES[side]} ({n} cells)" for side, n in counts.items())
+        + " | mean regret / plain's |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for arm in arms:
+        sides = _ratios_by_side(boards, arm)
+        cells = " | ".join(_side_cell(sides[side]) for side in SIDES)
+        lines.append(f"| {arm} | {cells} | {np.mean(_regret_ratios(boards, arm)):.2f}x |")
     return lines
 
 
 def _bandit_vs_chance(
     boards: Sequence[Scoreboard], adaptive: str, random: str, labels: dict[str, str]
 ) -> str:
+    """Does the bandit beat uniform choice over the same candidates?"""
     ratios = []
     for board in boards:
         final = board.final_val.mean(axis=-1)
@@ -157,8 +186,9 @@ def _bandit_vs_chance(
         for b in boards
     )
     return (
-        f"- **Bandit vs chance** ({adaptive} against {random}, same candidates): "
-        f"{_count_line(ratios)}. Mean regret, adaptive vs random: {per_board}."
+        f"- **Bandit vs chance**: `{adaptive}` over `{random}` (same candidates), final "
+        f"validation loss {_side_cell(np.asarray(ratios))} (better/tied/worse cells; range). "
+        f"Mean regret, adaptive vs random: {per_board}."
     )
 
 
