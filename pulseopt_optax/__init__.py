@@ -13,6 +13,7 @@ from pulseopt_optax.transform import (
     AEESStructure,
     AEESTransformState,
     aees,
+    all_finite,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "AEESTransformState",
     "add_gradient_noise",
     "aees",
+    "all_finite",
     "counter_normal",
     "current_candidate",
     "finalize",
