@@ -33,6 +33,16 @@ STRUCTURAL_KNOBS = (
     "context_trend_window",
     "tie_break",
     "log_capacity",
+    "multiplier_mode",
+    "min_lr_scale",
+    "max_lr_scale",
+    "guard",
+    "guard_spike_ratio",
+    "guard_fast_alpha",
+    "guard_slow_alpha",
+    "guard_backoff",
+    "guard_max_consecutive",
+    "guard_warmup_steps",
 )
 # Knobs that may arrive as traced scalars (injected hyperparameters). None of
 # them affects the first episode's choice, which is made before any statistics
@@ -70,6 +80,16 @@ class AEESStructure:
     context_trend_window: int
     tie_break: str
     log_capacity: int
+    multiplier_mode: str
+    min_lr_scale: float
+    max_lr_scale: float
+    guard: bool
+    guard_spike_ratio: float
+    guard_fast_alpha: float
+    guard_slow_alpha: float
+    guard_backoff: float
+    guard_max_consecutive: int
+    guard_warmup_steps: int
 
     @classmethod
     def of(cls, config: core.AEESConfig) -> AEESStructure:
@@ -251,6 +271,16 @@ def aees(
     seed: int | jax.Array | None = None,
     tie_break: str = "random",
     log_capacity: int = 1024,
+    multiplier_mode: str = "absolute",
+    min_lr_scale: float = 0.015625,
+    max_lr_scale: float = 1.0,
+    guard: bool = False,
+    guard_spike_ratio: float = 2.0,
+    guard_fast_alpha: float = 0.3,
+    guard_slow_alpha: float = 0.02,
+    guard_backoff: float = 0.5,
+    guard_max_consecutive: int = 3,
+    guard_warmup_steps: int = 20,
     track_update_norm: bool = True,
     noise_generator: str = "counter",
 ) -> optax.GradientTransformationExtraArgs:
@@ -315,6 +345,15 @@ def aees(
         vmapped ``init`` can give every population member its own key.
       tie_break: ``"random"`` or ``"lowest"`` (deterministic comparisons).
       log_capacity: how many recent closed episodes the state keeps for logs.
+      multiplier_mode: ``"absolute"`` (an LR arm is the multiplier) or
+        ``"relative"`` (an arm multiplies a running scale each episode).
+      min_lr_scale: floor of the running LR scale.
+      max_lr_scale: ceiling of the running LR scale.
+      guard: the core's spike guard with rollback; not supported by this
+        adapter yet (it needs a parameter snapshot), so ``True`` raises.
+      guard_spike_ratio, guard_fast_alpha, guard_slow_alpha, guard_backoff,
+        guard_max_consecutive, guard_warmup_steps: the guard's knobs, validated
+        as in `pulseopt_core.AEESConfig`.
       track_update_norm: record the L2 norm of every update (one reduction per
         step); ``False`` logs ``None`` for ``mean_update_norms``.
       noise_generator: ``"counter"`` (fused counter-based sampler, the default)
@@ -364,6 +403,16 @@ def aees(
         "warmup_rounds": warmup_rounds,
         "tie_break": tie_break,
         "log_capacity": log_capacity,
+        "multiplier_mode": multiplier_mode,
+        "min_lr_scale": min_lr_scale,
+        "max_lr_scale": max_lr_scale,
+        "guard": guard,
+        "guard_spike_ratio": guard_spike_ratio,
+        "guard_fast_alpha": guard_fast_alpha,
+        "guard_slow_alpha": guard_slow_alpha,
+        "guard_backoff": guard_backoff,
+        "guard_max_consecutive": guard_max_consecutive,
+        "guard_warmup_steps": guard_warmup_steps,
     }
     if noise_generator not in NOISE_GENERATORS:
         raise ValueError(
@@ -384,6 +433,11 @@ def aees(
     }
     # Validated eagerly; traced knobs take their defaults here (see DYNAMIC_KNOBS).
     config = core.AEESConfig(**static)
+    if config.guard:
+        raise ValueError(
+            "guard=True is not supported by pulseopt_optax yet: rolling back needs a "
+            "parameter snapshot that this adapter does not keep."
+        )
     step_config = _with_dynamic_knobs(config, traced)
     structure = AEESStructure.of(config)
     record_step = core_function(core.record_step, step_config)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import jax
@@ -160,3 +162,16 @@ def test_a_state_from_another_arm_set_is_rejected():
     other = aees(optax.sgd(0.1), lr_candidates=(0.5, 2.0))
     with pytest.raises(ValueError, match="structural"):
         other.update(jnp.ones(2), state, value=1.0)
+
+
+def test_every_core_knob_is_a_keyword_with_the_cores_default():
+    parameters = inspect.signature(aees).parameters
+    for field in dataclasses.fields(core.AEESConfig):
+        assert parameters[field.name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert parameters[field.name].default == field.default
+    assert parameters["track_update_norm"].default is True
+
+
+def test_the_spike_guard_is_refused_until_the_adapter_keeps_a_snapshot():
+    with pytest.raises(ValueError, match="guard"):
+        aees(optax.sgd(0.1), guard=True)
