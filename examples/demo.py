@@ -166,7 +166,7 @@ def main() -> None:
     print_table(runs)
 
     aees_run = runs[0]
-    logs = pulseopt_optax.get_logs(aees_run.optimizer.opt_state)
+    logs = pulseopt_optax.get_logs(pulseopt_optax.finalize(aees_run.optimizer.opt_state))
     chosen = np.bincount(logs["selected_lr_indices"], minlength=len(MULTIPLIERS))
     print(
         "\nAEES episodes per multiplier: "

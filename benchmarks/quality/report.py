@@ -163,7 +163,7 @@ def findings(boards: Sequence[Scoreboard], labels: dict[str, str]) -> list[str]:
         "",
         "| arm | "
         + " | ".join(f"base LR {SIDES[side]} ({n} cells)" for side, n in counts.items())
-        + " | mean regret / plain's |",
+        + " | mean regret / plain's (negative: beats the oracle) |",
         "|---|---:|---:|---:|---:|",
     ]
     for arm in arms:
@@ -277,7 +277,8 @@ def write_report(
     lines += [
         "## Mean regret against the oracle, averaged over base LRs and seeds",
         "",
-        "In parentheses: the ratio to plain training's regret (multiplier 1 at the given base LR).",
+        "In parentheses: the ratio to plain training's regret (multiplier 1 at the given base "
+        "LR). A negative regret means the arm beat every fixed multiplier.",
         "",
         *_summary_table(boards, labels),
         "",

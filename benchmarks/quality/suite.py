@@ -123,11 +123,24 @@ def _run_arm(
     return results
 
 
-def run_suite(options: SuiteOptions) -> tuple[list[Scoreboard], dict[tuple[str, str], np.ndarray]]:
+@dataclasses.dataclass(frozen=True)
+class SuiteResults:
+    """Scoreboards, the multiplier traces for the figure, and the training time.
+
+    ``training_seconds`` adds up the wall time of every population as measured
+    when it was trained (also for traces loaded from the cache).
+    """
+
+    boards: list[Scoreboard]
+    multipliers: dict[tuple[str, str], np.ndarray]
+    training_seconds: float
+
+
+def run_suite(options: SuiteOptions) -> SuiteResults:
     """Train every (task, optimizer, arm) population and score it."""
     arms = default_arms()
     seeds = np.arange(options.seeds)
-    boards, multipliers = [], {}
+    boards, multipliers, training_seconds = [], {}, 0.0
     jobs = [(t, a) for t in options.tasks for a in options.arms]
     progress = tqdm(total=len(jobs) * len(options.optimizers), desc="quality", unit="run")
     for task_name in options.tasks:
@@ -141,6 +154,7 @@ def run_suite(options: SuiteOptions) -> tuple[list[Scoreboard], dict[tuple[str, 
                 optimizer = INNER_OPTIMIZERS[opt_name]
                 if shared is None or arm.uses_inner:
                     shared = _run_arm(task, arm, optimizer, seeds, options)
+                    training_seconds += sum(r.seconds for r in shared)
                 # An arm that ignores the inner optimizer produced the same
                 # runs for every optimizer's table; they are relabelled, not rerun.
                 per_optimizer[opt_name] += [
@@ -156,7 +170,7 @@ def run_suite(options: SuiteOptions) -> tuple[list[Scoreboard], dict[tuple[str, 
                 if result.arm == MULTIPLIER_FIGURE_ARM:
                     multipliers[(task_name, opt_name)] = result.multiplier
     progress.close()
-    return boards, multipliers
+    return SuiteResults(boards, multipliers, training_seconds)
 
 
 def _machine() -> str:
@@ -209,7 +223,8 @@ def _method(options: SuiteOptions) -> list[str]:
 def main(options: SuiteOptions, command: Sequence[str]) -> Path:
     """Run the suite and write the report and figures; returns the report's path."""
     start = time.perf_counter()
-    boards, multipliers = run_suite(options)
+    results = run_suite(options)
+    boards, multipliers = results.boards, results.multipliers
     elapsed = time.perf_counter() - start
     labels = {name: opt.label for name, opt in INNER_OPTIMIZERS.items()}
     options.figures.mkdir(parents=True, exist_ok=True)
@@ -241,9 +256,10 @@ def main(options: SuiteOptions, command: Sequence[str]) -> Path:
         "",
         f"Command: `{shlex.join(command)}` (from the repository root)",
         f"Machine: {_machine()}",
-        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; "
-        f"wall time {elapsed / 60:.1f} min"
-        + (" (some traces loaded from the cache)" if options.reuse else "")
+        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. "
+        f"Training all populations took {results.training_seconds / 60:.1f} min "
+        f"(compilation included); this command ran {elapsed / 60:.1f} min"
+        + (", loading cached traces where they matched" if options.reuse else "")
         + ".",
     ]
     write_report(
