@@ -12,6 +12,7 @@ from pulseopt_optax.transform import (
     STRUCTURAL_KNOBS,
     AEESStructure,
     AEESTransformState,
+    GuardSnapshot,
     aees,
     all_finite,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "STRUCTURAL_KNOBS",
     "AEESStructure",
     "AEESTransformState",
+    "GuardSnapshot",
     "add_gradient_noise",
     "aees",
     "all_finite",

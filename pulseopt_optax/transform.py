@@ -131,6 +131,18 @@ def unpack_core_state(state: core.AEESState) -> core.AEESState:
     )
 
 
+class GuardSnapshot(NamedTuple):
+    """The spike guard's snapshot (kept only with ``guard=True``, e.g. ``preset="robust"``).
+
+    Attributes:
+      snapshot_params: the parameters at the last sound episode boundary.
+      snapshot_inner_state: the inner optimizer's state at the same moment.
+    """
+
+    snapshot_params: optax.Params
+    snapshot_inner_state: optax.OptState
+
+
 class AEESTransformState(NamedTuple):
     """State of `aees`: the inner optimizer's state and the AEES core state.
 
@@ -145,12 +157,15 @@ class AEESTransformState(NamedTuple):
       aees_dynamic_knobs: the values of `DYNAMIC_KNOBS` used by the latest
         step, ``{name: i32[] or f[]}`` (they can be injected hyperparameters).
       aees_structure: the structural knobs (static, no leaves).
+      aees_snapshot: a `GuardSnapshot` with the spike guard on (one copy of the
+        parameters and of the inner state), else an empty ``optax.EmptyState``.
     """
 
     aees_inner_state: optax.OptState
     aees_core_state: core.AEESState
     aees_dynamic_knobs: dict[str, jax.Array]
     aees_structure: AEESStructure
+    aees_snapshot: GuardSnapshot | optax.EmptyState = optax.EmptyState()
 
 
 def _is_traced(value: object) -> bool:
@@ -248,6 +263,14 @@ def _scale(tree: object, multiplier: jax.Array) -> object:
     return jax.tree.map(scale, tree)
 
 
+def _empty_snapshot(params: optax.Params, inner: optax.GradientTransformation) -> GuardSnapshot:
+    """Room for the guard's snapshot; filled at the first sound step, never read before."""
+    return GuardSnapshot(
+        snapshot_params=jax.tree.map(jnp.zeros_like, params),
+        snapshot_inner_state=inner.init(params),
+    )
+
+
 def aees(
     inner: optax.GradientTransformation,
     *,
@@ -281,6 +304,7 @@ def aees(
     guard_backoff: float = 0.5,
     guard_max_consecutive: int = 3,
     guard_warmup_steps: int = 20,
+    preset: str | None = None,
     track_update_norm: bool = True,
     noise_generator: str = "counter",
 ) -> optax.GradientTransformationExtraArgs:
@@ -349,11 +373,18 @@ def aees(
         ``"relative"`` (an arm multiplies a running scale each episode).
       min_lr_scale: floor of the running LR scale.
       max_lr_scale: ceiling of the running LR scale.
-      guard: the core's spike guard with rollback; not supported by this
-        adapter yet (it needs a parameter snapshot), so ``True`` raises.
+      guard: the spike guard. When the loss spikes (its fast EMA passes
+        ``guard_spike_ratio`` times its slow EMA) or turns non-finite, the step
+        returns updates that carry the parameters back onto the snapshot taken
+        at the last sound episode boundary (exact up to the rounding of
+        ``params + updates``), restores the inner state from it, and halves the
+        LR scale (cuts compound down to ``min_lr_scale``). Needs ``params`` in
+        ``update``; costs one copy of the parameters and of the inner state.
       guard_spike_ratio, guard_fast_alpha, guard_slow_alpha, guard_backoff,
         guard_max_consecutive, guard_warmup_steps: the guard's knobs, validated
         as in `pulseopt_core.AEESConfig`.
+      preset: ``None`` (the knobs as given) or ``"robust"`` (``guard=True``, the
+        recommended setting when the base learning rate may be set too high).
       track_update_norm: record the L2 norm of every update (one reduction per
         step); ``False`` logs ``None`` for ``mean_update_norms``.
       noise_generator: ``"counter"`` (fused counter-based sampler, the default)
@@ -432,15 +463,11 @@ def aees(
         name: _python_scalar(name, value) for name, value in knobs.items() if name not in traced
     }
     # Validated eagerly; traced knobs take their defaults here (see DYNAMIC_KNOBS).
-    config = core.AEESConfig(**static)
-    if config.guard:
-        raise ValueError(
-            "guard=True is not supported by pulseopt_optax yet: rolling back needs a "
-            "parameter snapshot that this adapter does not keep."
-        )
+    config = core.apply_preset(core.AEESConfig(**static), preset)
     step_config = _with_dynamic_knobs(config, traced)
     structure = AEESStructure.of(config)
     record_step = core_function(core.record_step, step_config)
+    guard_check = core_function(core.guard_check, step_config)
     key_source: Any = seed
     if key_source is None:
         key_source = secrets.randbits(32)
@@ -456,6 +483,7 @@ def aees(
             aees_core_state=pack_core_state(core.init(config, _key_from_seed(key_source))),
             aees_dynamic_knobs=_knob_arrays(config, traced),
             aees_structure=structure,
+            aees_snapshot=_empty_snapshot(params, inner) if config.guard else optax.EmptyState(),
         )
 
     def noised(grads: optax.Updates, core_state: core.AEESState, std: jax.Array) -> Any:
@@ -501,10 +529,40 @@ def aees(
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             return zeros, state.aees_inner_state
 
-        # A conditional rather than selects after the fact: with selects, XLA
-        # recomputes the inner update next to the selected state and copies the
-        # donated moments to do so.
-        new_updates, inner_state = jax.lax.cond(finite, step, skip, None)
+        def step_or_skip(_: None) -> tuple[optax.Updates, optax.OptState]:
+            # A conditional rather than selects after the fact: with selects, XLA
+            # recomputes the inner update next to the selected state and copies
+            # the donated moments to do so.
+            return jax.lax.cond(finite, step, skip, None)
+
+        snapshot = state.aees_snapshot
+        if config.guard:
+            if params is None:
+                raise ValueError(
+                    "the spike guard (guard=True or preset='robust') needs params: "
+                    "call update(updates, state, params, value=loss)."
+                )
+            decision = guard_check(step_config, core_state, value)
+            snapshot = jax.lax.cond(
+                decision.take_snapshot,
+                lambda: GuardSnapshot(params, state.aees_inner_state),
+                lambda: snapshot,
+            )
+
+            def roll_back(_: None) -> tuple[optax.Updates, optax.OptState]:
+                # Updates that carry the parameters back onto the snapshot.
+                restore = jax.tree.map(
+                    lambda saved, now: (saved - now).astype(now.dtype),
+                    snapshot.snapshot_params,
+                    params,
+                )
+                return restore, snapshot.snapshot_inner_state
+
+            new_updates, inner_state = jax.lax.cond(
+                decision.rollback, roll_back, step_or_skip, None
+            )
+        else:
+            new_updates, inner_state = step_or_skip(None)
         norm = _global_norm(new_updates, core.float_dtype()) if track_update_norm else None
         new_core = record_step(step_config, core_state, value, norm, skip=~finite)
         return new_updates, AEESTransformState(
@@ -512,6 +570,7 @@ def aees(
             aees_core_state=pack_core_state(new_core),
             aees_dynamic_knobs=_knob_arrays(config, traced),
             aees_structure=structure,
+            aees_snapshot=snapshot,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,111 @@
+"""The robust preset in the optax adapter: snapshots, exact rollback, back-off, memory."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import pulseopt_optax
+
+EPISODE = 4
+PARAMS = {"w": jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32), "b": jnp.ones((2,), jnp.float32)}
+
+
+def _tx() -> optax.GradientTransformationExtraArgs:
+    return pulseopt_optax.aees(
+        optax.adam(1e-2), episode_length=EPISODE, preset="robust", guard_warmup_steps=2, seed=0
+    )
+
+
+def _loss(params):
+    return jnp.sum(params["w"] ** 2) + jnp.sum((params["b"] - 2.0) ** 2)
+
+
+@jax.jit
+def _step(params, state, scale):
+    loss, grads = jax.value_and_grad(_loss)(params)
+    updates, state = _tx().update(grads, state, params, value=loss * scale)
+    return optax.apply_updates(params, updates), state
+
+
+def _train(steps: int, spike_at: int | None = None, params=PARAMS):
+    state = _tx().init(params)
+    history = []
+    for step in range(steps):
+        history.append((params, state))
+        params, state = _step(params, state, 1e4 if step == spike_at else 1.0)
+    return params, state, history
+
+
+def test_the_robust_preset_keeps_a_snapshot_and_the_default_does_not() -> None:
+    assert isinstance(_tx().init(PARAMS).aees_snapshot, pulseopt_optax.GuardSnapshot)
+    plain = pulseopt_optax.aees(optax.adam(1e-2)).init(PARAMS)
+    assert jax.tree.leaves(plain.aees_snapshot) == []
+
+
+def test_snapshots_hold_the_params_and_inner_state_of_the_episode_boundary() -> None:
+    _, state, history = _train(EPISODE)
+    boundary_params, boundary_state = history[EPISODE - 1]
+    snapshot = state.aees_snapshot
+    jax.tree.map(np.testing.assert_array_equal, snapshot.snapshot_params, boundary_params)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        snapshot.snapshot_inner_state,
+        boundary_state.aees_inner_state,
+    )
+
+
+def test_a_spike_rolls_back_to_the_snapshot() -> None:
+    spike = 2 * EPISODE + 1
+    params, state, history = _train(spike + 1, spike_at=spike)
+    saved_params, saved_state = history[2 * EPISODE - 1]
+    # The inner state is restored as it was; the parameters through
+    # ``params + (snapshot - params)``, exact up to that addition's rounding.
+    jax.tree.map(
+        np.testing.assert_array_equal, state.aees_inner_state, saved_state.aees_inner_state
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params, saved_params
+    )
+    assert int(optax.tree.get(state, "total_rollbacks")) == 1
+    assert float(pulseopt_optax.current_candidate(state).lr_multiplier) == 0.5
+
+
+def test_training_goes_on_after_a_rollback() -> None:
+    params, state, _ = _train(40, spike_at=2 * EPISODE + 1)
+    assert float(_loss(params)) < float(_loss(PARAMS))
+    assert int(optax.tree.get(state, "total_rollbacks")) == 1
+
+
+def test_a_non_finite_loss_rolls_back_with_the_preset() -> None:
+    state = _tx().init(PARAMS)
+    params = PARAMS
+    for step in range(6):
+        params, state = _step(params, state, float("nan") if step == 5 else 1.0)
+    assert int(optax.tree.get(state, "total_rollbacks")) == 1
+    assert int(optax.tree.get(state, "skipped_steps")) == 0
+
+
+def test_the_guard_needs_params() -> None:
+    tx = _tx()
+    state = tx.init(PARAMS)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(PARAMS, state, value=1.0)
+
+
+def test_an_unknown_preset_is_rejected() -> None:
+    with pytest.raises(ValueError, match="preset"):
+        pulseopt_optax.aees(optax.sgd(0.1), preset="fastest")
+
+
+def test_the_snapshot_costs_one_copy_of_params_and_inner_state() -> None:
+    def size(tree) -> int:
+        return sum(leaf.size for leaf in jax.tree.leaves(tree))
+
+    guarded = _tx().init(PARAMS)
+    plain = pulseopt_optax.aees(optax.adam(1e-2), episode_length=EPISODE).init(PARAMS)
+    extra = size(guarded) - size(plain)
+    assert extra == size(PARAMS) + size(optax.adam(1e-2).init(PARAMS))
