@@ -100,6 +100,7 @@ def variants() -> dict[str, optax.GradientTransformation]:
         "forced_minimum": forced_minimum(adamw),
         "aees": pulseopt_optax.aees(adamw, seed=0),
         "aees_no_norm": pulseopt_optax.aees(adamw, seed=0, track_update_norm=False),
+        "aees_robust": pulseopt_optax.aees(adamw, seed=0, preset="robust"),
         "adamw_add_noise": optax.chain(optax.add_noise(NOISE_STD**2, 0.0, 0), adamw),
         "aees_noise": pulseopt_optax.aees(adamw, noise_candidates=(NOISE_STD,), seed=0),
         "aees_noise_arms": pulseopt_optax.aees(
@@ -164,6 +165,7 @@ def ratios(median: dict[str, float]) -> dict[str, tuple[float, float]]:
         "aees / adamw": (median["aees"] / median["adamw"], 1.30),
         "aees / forced_minimum": (median["aees"] / median["forced_minimum"], 1.05),
         "aees_no_norm / adamw": (median["aees_no_norm"] / median["adamw"], 1.15),
+        "aees_robust / aees": (median["aees_robust"] / median["aees"], 1.15),
         "noise extra / add_noise extra": (noise_extra / add_noise_extra, 0.30),
         "noise arms (cond) extra / add_noise extra": (
             (median["aees_noise_arms"] - median["aees"]) / add_noise_extra,

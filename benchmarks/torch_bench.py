@@ -27,6 +27,7 @@ VARIANTS = {
     "plain": ("plain", {}),
     "ours_norm": ("ours", {**LR_ONLY, "track_update_norm": True}),
     "ours_no_norm": ("ours", {**LR_ONLY, "track_update_norm": False}),
+    "ours_robust": ("ours", {**LR_ONLY, "track_update_norm": True, "preset": "robust"}),
     "reference_lr_only": ("reference", LR_ONLY),
     "ours_default_noise": ("ours", README_DEFAULT),
     "reference_default_noise": ("reference", README_DEFAULT),
@@ -125,11 +126,21 @@ def main() -> None:
             f"| {name} | {step_ms:.2f} | {step_ms / plain:.3f}x | "
             f"{median(name, 'import_s'):.2f} | {median(name, 'first_step_s'):.2f} |"
         )
-    ours, reference = (
-        median("ours_default_noise", "median_step_ms"),
-        median("reference_default_noise", "median_step_ms"),
-    )
-    print(f"\nREADME default config with noise arms: ours / reference = {ours / reference:.3f}x")
+    checks = {
+        "ours_norm / plain": ("ours_norm", "plain", 1.15),
+        "ours_no_norm / plain": ("ours_no_norm", "plain", 1.06),
+        "ours_default_noise / reference_default_noise": (
+            "ours_default_noise",
+            "reference_default_noise",
+            1.00,
+        ),
+        "ours_robust / ours_norm (preset overhead)": ("ours_robust", "ours_norm", 1.15),
+    }
+    print("\n| check | measured | limit | ok |")
+    print("|---|---:|---:|---|")
+    for check, (numerator, denominator, limit) in checks.items():
+        ratio = median(numerator, "median_step_ms") / median(denominator, "median_step_ms")
+        print(f"| {check} | {ratio:.3f} | {limit:.2f} | {'yes' if ratio <= limit else 'NO'} |")
 
 
 if __name__ == "__main__":

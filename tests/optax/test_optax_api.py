@@ -172,6 +172,8 @@ def test_every_core_knob_is_a_keyword_with_the_cores_default():
     assert parameters["track_update_norm"].default is True
 
 
-def test_the_spike_guard_is_refused_until_the_adapter_keeps_a_snapshot():
-    with pytest.raises(ValueError, match="guard"):
-        aees(optax.sgd(0.1), guard=True)
+def test_the_robust_preset_is_the_guard():
+    params = jnp.zeros(3)
+    by_preset = aees(optax.sgd(0.1), preset="robust").init(params)
+    by_knob = aees(optax.sgd(0.1), guard=True).init(params)
+    assert by_preset.aees_structure == by_knob.aees_structure
