@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -192,15 +193,15 @@ def _bandit_vs_chance(
     )
 
 
-def plot_final_val(boards: Sequence[Scoreboard], labels: dict[str, str], path: Path) -> None:
-    """Final validation loss against the mis-set factor, one panel per task and optimizer."""
+def _panels(boards: Sequence[Scoreboard]) -> tuple[Any, dict[tuple[str, str], Any]]:
+    """A figure with one panel per board: tasks down, optimizers across."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({b.task for b in boards}, key=[b.task for b in boards].index)
-    optimizers = sorted({b.optimizer for b in boards}, key=[b.optimizer for b in boards].index)
+    tasks = list(dict.fromkeys(b.task for b in boards))
+    optimizers = list(dict.fromkeys(b.optimizer for b in boards))
     fig, axes = plt.subplots(
         len(tasks),
         len(optimizers),
@@ -208,10 +209,28 @@ def plot_final_val(boards: Sequence[Scoreboard], labels: dict[str, str], path: P
         squeeze=False,
         constrained_layout=True,
     )
+    panels = {
+        (task, optimizer): axes[i, j]
+        for i, task in enumerate(tasks)
+        for j, optimizer in enumerate(optimizers)
+    }
+    return fig, panels
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_final_val(boards: Sequence[Scoreboard], labels: dict[str, str], path: Path) -> None:
+    """Final validation loss against the mis-set factor, one panel per task and optimizer."""
+    fig, panels = _panels(boards)
     shown = [a for a in boards[0].arms if not a.startswith(FIXED_PREFIX) or a == PLAIN]
     shown = [a for a in shown if a != GLOBAL_FIXED]
     for board in boards:
-        ax = axes[tasks.index(board.task), optimizers.index(board.optimizer)]
+        ax = panels[(board.task, board.optimizer)]
         final = board.final_val.mean(axis=-1)
         for arm in shown:
             style = {"linewidth": 2.5, "color": "black"} if arm in (PLAIN, ORACLE) else {}
@@ -223,9 +242,8 @@ def plot_final_val(boards: Sequence[Scoreboard], labels: dict[str, str], path: P
         ax.set_title(f"{board.task} · {labels[board.optimizer]}")
         ax.set_xlabel("base LR / nominal LR")
         ax.set_ylabel("final val loss (mean over seeds)")
-    axes[0, -1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _save(fig, path)
 
 
 def plot_multipliers(
@@ -235,31 +253,34 @@ def plot_multipliers(
     labels: dict[str, str],
     path: Path,
 ) -> None:
-    """The LR multiplier ``arm`` used over training (mean over seeds), one line per base LR."""
-    import matplotlib
+    """The multiplier ``arm`` settled on, against the oracle's, per base LR.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        1, len(boards), figsize=(3.2 * len(boards), 3.2), squeeze=False, constrained_layout=True
-    )
-    for ax, board in zip(axes[0], boards, strict=True):
+    For each seed, the geometric mean of the multiplier over the second half of
+    training; a controller that learned would follow the oracle's multiplier.
+    """
+    fig, panels = _panels(boards)
+    for board in boards:
+        ax = panels[(board.task, board.optimizer)]
         trace = multipliers[(board.task, board.optimizer)]
-        colors = plt.get_cmap("viridis")(np.linspace(0, 1, len(board.mis_set)))
-        for lr, color in enumerate(colors):
-            ax.plot(
-                np.exp(np.log(trace[lr]).mean(axis=0)),
-                color=color,
-                label=_factor(board.mis_set[lr]),
-            )
+        late = np.exp(np.log(trace[..., trace.shape[-1] // 2 :]).mean(axis=-1))
+        for seed in range(late.shape[1]):
+            ax.scatter(board.mis_set, late[:, seed], color="tab:green", alpha=0.35, s=12)
+        ax.plot(
+            board.mis_set,
+            np.exp(np.log(late).mean(axis=1)),
+            "o-",
+            color="tab:green",
+            label=f"{arm} (second half; dots: seeds)",
+        )
+        oracle = [float(name.removeprefix(FIXED_PREFIX)) for name in board.oracle_choice]
+        ax.plot(board.mis_set, oracle, "k--", marker="s", label="oracle multiplier")
+        ax.set_xscale("log")
         ax.set_yscale("log", base=2)
-        ax.set_title(f"{board.task}\n{labels[board.optimizer]}", fontsize="small")
-        ax.set_xlabel("step")
-    axes[0, 0].set_ylabel(f"{arm} multiplier (geo. mean)")
-    axes[0, -1].legend(fontsize="x-small", title="base LR", loc="upper left", bbox_to_anchor=(1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        ax.set_title(f"{board.task} · {labels[board.optimizer]}")
+        ax.set_xlabel("base LR / nominal LR")
+        ax.set_ylabel("LR multiplier")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _save(fig, path)
 
 
 def write_report(

@@ -239,8 +239,8 @@ def main(options: SuiteOptions, command: Sequence[str]) -> Path:
     if multipliers:
         figures.append(
             (
-                f"LR multiplier chosen by `{MULTIPLIER_FIGURE_ARM}` over training, "
-                "one line per base LR (geometric mean over seeds).",
+                f"The LR multiplier `{MULTIPLIER_FIGURE_ARM}` used in the second half of "
+                "training (geometric mean; dots: seeds) against the oracle's multiplier.",
                 options.figures / "quality_multipliers.png",
             )
         )
