@@ -86,11 +86,16 @@ def ucb_update(config: AEESConfig, stats: UCBStats, arm: jax.Array, reward: jax.
 def init_controller(
     config: AEESConfig, num_arms: int, batch_shape: tuple[int, ...] = ()
 ) -> ControllerState:
-    """A fresh controller: empty prior and empty, uninitialised buckets."""
+    """A fresh controller: empty prior and empty, uninitialised buckets.
+
+    Without a context mode one bucket slot is kept and never used: zero-size
+    arrays would be awkward for checkpointing libraries.
+    """
+    slots = max(config.num_buckets, 1)
     return ControllerState(
         prior=init_ucb(num_arms, batch_shape),
-        buckets=init_ucb(num_arms, (*batch_shape, config.num_buckets)),
-        bucket_initialized=jnp.zeros((*batch_shape, config.num_buckets), bool),
+        buckets=init_ucb(num_arms, (*batch_shape, slots)),
+        bucket_initialized=jnp.zeros((*batch_shape, slots), bool),
     )
 
 
@@ -98,9 +103,8 @@ def active_stats(controller: ControllerState, bucket: jax.Array) -> UCBStats:
     """The statistics selection uses: the bucket's own, or the prior if it has none.
 
     ``bucket`` is ``-1`` without a context mode, which always reads the prior.
+    With a context mode it is always a valid bucket index.
     """
-    if controller.bucket_initialized.shape[-1] == 0:
-        return controller.prior
     safe = jnp.maximum(bucket, 0)
     owned = (bucket >= 0) & controller.bucket_initialized[safe]
     own = jax.tree.map(lambda leaf: leaf[safe], controller.buckets)
@@ -126,13 +130,12 @@ def controller_update(
 ) -> ControllerState:
     """Credit ``reward`` to ``arm`` in the prior and in the active bucket."""
     prior = ucb_update(config, controller.prior, arm, reward)
-    if controller.bucket_initialized.shape[-1] == 0:
+    if config.num_buckets == 0:
         return controller._replace(prior=prior)
-    safe = jnp.maximum(bucket, 0)
     updated = ucb_update(config, active_stats(controller, bucket), arm, reward)
-    buckets = jax.tree.map(lambda all_, one: all_.at[safe].set(one), controller.buckets, updated)
+    buckets = jax.tree.map(lambda all_, one: all_.at[bucket].set(one), controller.buckets, updated)
     return ControllerState(
         prior=prior,
         buckets=buckets,
-        bucket_initialized=controller.bucket_initialized.at[safe].set(True),
+        bucket_initialized=controller.bucket_initialized.at[bucket].set(True),
     )

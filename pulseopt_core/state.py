@@ -2,7 +2,7 @@
 
 Shapes use these names: ``L`` LR arms, ``N`` noise arms, ``M`` noise
 controllers (``L`` in conditional mode with several LR arms, else 1), ``B``
-context buckets (0 without a context mode), ``W`` the trend window and ``C``
+context buckets (one unused slot without a context mode), ``W`` the trend window and ``C``
 the log capacity. ``f`` is the core's float dtype: float32, or float64 when
 JAX's x64 mode is on. Field names are unique across the whole state so that
 ``optax.tree.get(state, name)`` finds exactly one leaf.

@@ -18,8 +18,6 @@ import pulseopt_core as core
 from pulseopt_optax.transform import (
     AEESTransformState,
     core_function,
-    pack_core_state,
-    unpack_core_state,
 )
 
 
@@ -61,7 +59,7 @@ def find_aees_state(opt_state: Any) -> AEESTransformState:
             f"{len(found)}."
         )
     plain: AEESTransformState = jax.tree.map(_unwrap, found[0], is_leaf=_has_value)
-    return plain._replace(aees_core_state=unpack_core_state(plain.aees_core_state))
+    return plain
 
 
 def _single_member(state: AEESTransformState) -> AEESTransformState:
@@ -116,9 +114,9 @@ def finalize(opt_state: Any) -> Any:
         state: AEESTransformState = node  # type: ignore[assignment]
         plain = jax.tree.map(_unwrap, state, is_leaf=_has_value)
         config = plain.aees_structure.config(plain.aees_dynamic_knobs)
-        core_state = unpack_core_state(plain.aees_core_state)
+        core_state = plain.aees_core_state
         closed = core_function(core.finalize, config)(config, core_state)
-        return plain._replace(aees_core_state=pack_core_state(closed))
+        return plain._replace(aees_core_state=closed)
 
     if not isinstance(opt_state, tuple) and hasattr(opt_state, "opt_state"):
         raise ValueError("pass the optimizer state (e.g. optimizer.opt_state), not the optimizer.")

@@ -101,36 +101,6 @@ class AEESStructure:
         return _with_dynamic_knobs(static, dynamic_knobs or {})
 
 
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class EmptyArray:
-    """Stands in for a zero-size array of the core state (no leaves).
-
-    Without a context mode the core keeps zero-size per-bucket statistics;
-    orbax cannot save zero-size arrays, so the state stores their shape and
-    dtype instead and rebuilds them for the core.
-    """
-
-    shape: tuple[int, ...]
-    dtype: str
-
-
-def pack_core_state(state: core.AEESState) -> core.AEESState:
-    """``state`` with its zero-size arrays replaced by `EmptyArray` markers."""
-    return jax.tree.map(
-        lambda x: EmptyArray(tuple(x.shape), str(x.dtype)) if x.size == 0 else x, state
-    )
-
-
-def unpack_core_state(state: core.AEESState) -> core.AEESState:
-    """The inverse of `pack_core_state`."""
-    return jax.tree.map(
-        lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, EmptyArray) else x,
-        state,
-        is_leaf=lambda x: isinstance(x, EmptyArray),
-    )
-
-
 class GuardSnapshot(NamedTuple):
     """The spike guard's snapshot (kept only with ``guard=True``, e.g. ``preset="robust"``).
 
@@ -149,8 +119,7 @@ class AEESTransformState(NamedTuple):
     Attributes:
       aees_inner_state: the inner transformation's state, untouched by skipped
         steps.
-      aees_core_state: a `pulseopt_core.AEESState` (zero-size arrays stored as
-        `EmptyArray`, see `unpack_core_state`): controller statistics, the
+      aees_core_state: a `pulseopt_core.AEESState`: controller statistics, the
         open episode (``lr_multiplier``, ``noise_std``, ...), counters such as
         ``skipped_steps`` and the episode log. Its field names are unique, so
         ``optax.tree.get(opt_state, "lr_multiplier")`` finds the multiplier.
@@ -480,7 +449,7 @@ def aees(
     def init_fn(params: optax.Params) -> AEESTransformState:
         return AEESTransformState(
             aees_inner_state=inner.init(params),
-            aees_core_state=pack_core_state(core.init(config, _key_from_seed(key_source))),
+            aees_core_state=core.init(config, _key_from_seed(key_source)),
             aees_dynamic_knobs=_knob_arrays(config, traced),
             aees_structure=structure,
             aees_snapshot=_empty_snapshot(params, inner) if config.guard else optax.EmptyState(),
@@ -512,7 +481,7 @@ def aees(
                 "this optimizer state was created by an aees transformation with other "
                 f"structural knobs ({state.aees_structure}) than this one ({structure})."
             )
-        core_state = unpack_core_state(state.aees_core_state)
+        core_state = state.aees_core_state
         candidate = core.current_candidate(core_state)
         value = jnp.asarray(value)
         finite = jnp.isfinite(value) & all_finite(updates)
@@ -567,7 +536,7 @@ def aees(
         new_core = record_step(step_config, core_state, value, norm, skip=~finite)
         return new_updates, AEESTransformState(
             aees_inner_state=inner_state,
-            aees_core_state=pack_core_state(new_core),
+            aees_core_state=new_core,
             aees_dynamic_knobs=_knob_arrays(config, traced),
             aees_structure=structure,
             aees_snapshot=snapshot,
