@@ -91,7 +91,9 @@ def _summary_table(boards: Sequence[Scoreboard], labels: dict[str, str]) -> list
     return lines
 
 
-SIDES = {"low": "too low", "nominal": "nominal", "high": "too high"}
+# Sides are relative to the nominal LR, which is not tuned: on a task whose
+# best LR is far from it, "at nominal" is itself mis-set (see the oracle rows).
+SIDES = {"low": "below nominal", "nominal": "at nominal", "high": "above nominal"}
 
 
 def _ratios_by_side(boards: Sequence[Scoreboard], arm: str) -> dict[str, np.ndarray]:
