@@ -1,8 +1,9 @@
 """Every benchmark behind ``make bench``: the quality suite, then the overhead scripts.
 
 The overhead benchmarks (``optax_bench.py``, ``torch_bench.py``) run as
-separate processes, each with its own report, when they are present; the
-quality suite writes ``benchmarks/results_quality.md`` and its figures.
+separate processes, each writing its own section (``results_optax.md``,
+``results_torch.md``); the quality suite writes ``results_quality.md`` and its
+figures. ``benchmarks/RESULTS.md`` is then assembled from the three sections.
 
 Examples:
     .venv/bin/python benchmarks/run_all.py
@@ -20,12 +21,32 @@ from quality import suite
 
 BENCHMARKS = Path(__file__).resolve().parent
 OVERHEAD_SCRIPTS = ("optax_bench.py", "torch_bench.py")
+SECTIONS = ("results_optax.md", "results_torch.md", "results_quality.md")
+RESULTS = BENCHMARKS / "RESULTS.md"
 
 
 def run_overhead(script: Path) -> int:
     """Run one overhead benchmark in its own interpreter; returns its exit code."""
     print(f"== {script.name}", file=sys.stderr, flush=True)
-    return subprocess.run([sys.executable, str(script)], cwd=BENCHMARKS.parent).returncode
+    command = [sys.executable, str(script), "--write"]
+    return subprocess.run(command, cwd=BENCHMARKS.parent).returncode
+
+
+def assemble_results() -> Path:
+    """Write ``RESULTS.md`` from the sections the benchmarks left behind."""
+    parts = [
+        "# Benchmark results",
+        "",
+        "Produced by `make bench` (`benchmarks/run_all.py`); each section names the exact "
+        "command that produced it. Timings come from shared 2-core machines: compare the "
+        "ratios measured side by side in one run, not the absolute times.",
+    ]
+    for name in SECTIONS:
+        section = BENCHMARKS / name
+        if section.exists():
+            parts += ["", section.read_text().strip()]
+    RESULTS.write_text("\n".join(parts) + "\n")
+    return RESULTS
 
 
 def main(argv: list[str]) -> int:
@@ -49,6 +70,7 @@ def main(argv: list[str]) -> int:
             [".venv/bin/python", "benchmarks/run_all.py", *argv] if argv else ["make", "bench"]
         )
         suite.main(suite.options_from(args), command)
+    print(f"results: {assemble_results()}", file=sys.stderr)
     return 1 if failures else 0
 
 

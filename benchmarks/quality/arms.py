@@ -203,6 +203,7 @@ def default_arms() -> dict[str, Arm]:
             **REFERENCE_KNOBS | {"lr_candidates": WIDE_MULTIPLIERS},
             control_mode="random",
         ),
+        aees_arm("aees_robust", preset="robust"),
         reduce_on_plateau_arm(),
         mechanize_arm(),
         prodigy_arm(),
