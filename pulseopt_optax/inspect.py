@@ -15,10 +15,7 @@ import jax
 import numpy as np
 
 import pulseopt_core as core
-from pulseopt_optax.transform import (
-    AEESTransformState,
-    core_function,
-)
+from pulseopt_optax.transform import AEESTransformState, core_function
 
 
 def _is_aees_state(node: object) -> bool:
@@ -37,9 +34,6 @@ def _has_value(node: object) -> bool:
 
 def find_aees_state(opt_state: Any) -> AEESTransformState:
     """The single `aees` state inside ``opt_state``, with plain array leaves.
-
-    Zero-size core arrays are rebuilt, so ``aees_core_state`` is a complete
-    `pulseopt_core.AEESState`.
 
     Args:
       opt_state: an optimizer state containing exactly one `aees` state, or an
