@@ -21,10 +21,6 @@ class Snapshot:
         self._saved_params: list[torch.Tensor] = []
         self._saved_state: list[dict[str, Any]] = []
 
-    @property
-    def taken(self) -> bool:
-        return bool(self._saved_params)
-
     @torch.no_grad()
     def take(self, optimizer: torch.optim.Optimizer) -> None:
         """Copy the current parameters and optimizer state into the snapshot."""
