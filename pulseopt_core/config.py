@@ -19,9 +19,13 @@ TIE_BREAKS = ("random", "lowest")
 MULTIPLIER_MODES = ("absolute", "relative")
 
 # Named bundles of knobs. "robust" turns on the spike guard (with its tuned
-# defaults) and leaves the arms as given: by default a single LR arm, so no
-# exploration, which is what paid off when measured.
-PRESETS: dict[str, dict[str, object]] = {"reference": {}, "robust": {"guard": True}}
+# defaults) and growth of the LR scale while updates keep their direction, up to
+# 64x; the arms stay as given (by default a single one, so no bandit
+# exploration, which did not pay when measured).
+PRESETS: dict[str, dict[str, object]] = {
+    "reference": {},
+    "robust": {"guard": True, "growth": True, "max_lr_scale": 64.0},
+}
 
 TRENDS = ("improving", "stable", "worsening")
 PHASES = ("early", "middle", "late")
@@ -117,6 +121,21 @@ class AEESConfig:
       guard_max_consecutive: rollbacks allowed without a clean episode in
         between; past it the guard stands down until an episode closes cleanly.
       guard_warmup_steps: recorded steps before the guard may fire.
+      growth: let the LR scale grow while steps are too timid (needs ``guard``,
+        whose snapshots it measures from, and the update norms). At every
+        episode boundary the adapter reports how far the parameters moved since
+        the last snapshot; the ratio of that distance to the path length (the
+        sum of the update norms) is near 1 when successive updates keep their
+        direction, the signature of a learning rate that is too small, and
+        falls towards ``1/sqrt(steps)`` once updates are dominated by gradient
+        noise or oscillation. After ``growth_patience`` consecutive episodes
+        whose ratio exceeds ``growth_threshold`` the scale is multiplied by
+        ``growth_factor``, up to ``max_lr_scale`` and never above the scale the
+        last rollback cut to.
+      growth_threshold: straightness ratio above which an episode counts as
+        timid, in (0, 1).
+      growth_factor: factor applied to the LR scale on growth (> 1).
+      growth_patience: consecutive timid episodes needed before each growth.
     """
 
     lr_candidates: tuple[float, ...] = (1.0,)
@@ -149,6 +168,10 @@ class AEESConfig:
     guard_backoff: float = 0.5
     guard_max_consecutive: int = 3
     guard_warmup_steps: int = 20
+    growth: bool = False
+    growth_threshold: float = 0.5
+    growth_factor: float = 2.0
+    growth_patience: int = 1
 
     def __post_init__(self) -> None:
         fields = {
@@ -171,9 +194,13 @@ class AEESConfig:
                 "guard_max_consecutive", self.guard_max_consecutive, 1
             ),
             "guard_warmup_steps": _integer("guard_warmup_steps", self.guard_warmup_steps, 0),
+            "growth_patience": _integer("growth_patience", self.growth_patience, 1),
         }
-        if not isinstance(self.guard, bool):
-            raise ValueError(f"guard must be a bool, got {self.guard!r}.")
+        for flag in ("guard", "growth"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}.")
+        if self.growth and not self.guard:
+            raise ValueError("growth=True needs guard=True (growth measures from its snapshots).")
         reals = {
             name: _real(name, getattr(self, name))
             for name in (
@@ -191,6 +218,8 @@ class AEESConfig:
                 "guard_fast_alpha",
                 "guard_slow_alpha",
                 "guard_backoff",
+                "growth_threshold",
+                "growth_factor",
             )
         }
         if reals["context_trend_epsilon"] < 0.0:
@@ -219,6 +248,10 @@ class AEESConfig:
             raise ValueError("guard_slow_alpha must be in the interval (0, guard_fast_alpha).")
         if not 0.0 < reals["guard_backoff"] < 1.0:
             raise ValueError("guard_backoff must be in the interval (0, 1).")
+        if not 0.0 < reals["growth_threshold"] < 1.0:
+            raise ValueError("growth_threshold must be in the interval (0, 1).")
+        if not 1.0 < reals["growth_factor"] < math.inf:
+            raise ValueError("growth_factor must be finite and > 1.")
         fields.update(reals)
 
         total = self.total_training_steps
@@ -281,7 +314,12 @@ class AEESConfig:
 
 
 def apply_preset(config: AEESConfig, preset: str | None) -> AEESConfig:
-    """``config`` with the knobs of a named preset applied (``None`` changes nothing).
+    """``config`` with the knobs of a named preset filled in (``None`` changes nothing).
+
+    A preset only sets knobs that ``config`` leaves at their defaults, so an
+    explicit setting wins: ``preset="robust"`` with ``max_lr_scale=16`` caps
+    growth at 16. (To drop a preset's feature, set its knobs without the preset,
+    e.g. ``guard=True`` alone for the guard without growth.)
 
     Raises:
       ValueError: if ``preset`` is not a known preset name.
@@ -290,4 +328,10 @@ def apply_preset(config: AEESConfig, preset: str | None) -> AEESConfig:
         return config
     if preset not in PRESETS:
         raise ValueError(f"preset must be None or one of {sorted(PRESETS)}, got {preset!r}.")
-    return config.replace(**PRESETS[preset])
+    defaults = AEESConfig()
+    changes = {
+        name: value
+        for name, value in PRESETS[preset].items()
+        if getattr(config, name) == getattr(defaults, name)
+    }
+    return config.replace(**changes)

@@ -191,6 +191,10 @@ def _init(config: AEESConfig, key: jax.Array) -> AEESState:
             total_rollbacks=int_zero,
             take_snapshot=jnp.zeros((), bool),
             rolled_back=jnp.zeros((), bool),
+            path_since_snapshot=jnp.zeros((), dtype),
+            straightness=jnp.full((), jnp.nan, dtype),
+            timid_streak=int_zero,
+            lr_ceiling=jnp.asarray(config.max_lr_scale, dtype),
         ),
     )
     return state._replace(episode=_open_episode(config, state))
@@ -216,10 +220,20 @@ def _next_episode(config: AEESConfig, state: AEESState, cut: jax.Array | bool) -
     """Commit the finished episode's LR scale (cut on a rollback) and open the next episode."""
     lr_arm, _ = _selected_values(config, state.episode.lr_index, state.episode.noise_index)
     scale = _episode_scale(config, state.guard.lr_scale, lr_arm)
+    guard = state.guard
     if config.guard:
+        cut = jnp.asarray(cut, bool)
         cut_scale = jnp.maximum(scale * config.guard_backoff, config.min_lr_scale)
+        if config.growth:
+            grow = ~cut & (guard.timid_streak >= config.growth_patience)
+            grown = jnp.minimum(scale * config.growth_factor, guard.lr_ceiling)
+            guard = guard._replace(
+                timid_streak=jnp.where(cut | grow, 0, guard.timid_streak),
+                lr_ceiling=jnp.where(cut, cut_scale, guard.lr_ceiling),
+            )
+            scale = jnp.where(grow, jnp.maximum(grown, scale), scale)
         scale = jnp.where(cut, cut_scale, scale)
-    committed = state._replace(guard=state.guard._replace(lr_scale=scale))
+    committed = state._replace(guard=guard._replace(lr_scale=scale))
     return committed._replace(episode=_open_episode(config, committed))
 
 
@@ -347,6 +361,38 @@ def guard_check(config: AEESConfig, state: AEESState, loss: jax.Array | float) -
     )
 
 
+def _measure_straightness(
+    config: AEESConfig,
+    guard: GuardState,
+    taken: jax.Array,
+    norm: jax.Array,
+    displacement_norm: jax.Array | float | None,
+) -> GuardState:
+    """Score the segment a new snapshot ends: distance moved over path length.
+
+    The path is the sum of the update norms recorded since the previous
+    snapshot; this step's own update belongs to the segment the new snapshot
+    starts. A measured segment extends or resets the run of timid episodes.
+    """
+    dtype = norm.dtype
+    path = guard.path_since_snapshot
+    distance = (
+        jnp.zeros((), dtype)
+        if displacement_norm is None
+        else jnp.asarray(displacement_norm).astype(dtype)
+    )
+    measured = taken & guard.has_snapshot & (path > 0.0) & jnp.isfinite(distance)
+    straightness = jnp.where(measured, distance / jnp.where(path > 0.0, path, 1.0), jnp.nan)
+    timid = measured & (straightness > config.growth_threshold)
+    return guard._replace(
+        path_since_snapshot=jnp.where(taken, norm, path + norm),
+        straightness=jnp.where(measured, straightness, guard.straightness),
+        timid_streak=jnp.where(
+            measured, jnp.where(timid, guard.timid_streak + 1, 0), guard.timid_streak
+        ),
+    )
+
+
 def _roll_back(config: AEESConfig, state: AEESState) -> AEESState:
     """Close the open episode as it stands, cut the LR scale and restart the loss EMAs."""
     moved = state._replace(global_step=state.global_step + 1)
@@ -365,6 +411,7 @@ def _roll_back(config: AEESConfig, state: AEESState) -> AEESState:
             total_rollbacks=guard.total_rollbacks + 1,
             take_snapshot=jnp.zeros((), bool),
             rolled_back=jnp.ones((), bool),
+            path_since_snapshot=jnp.zeros_like(guard.path_since_snapshot),
         )
     )
 
@@ -377,6 +424,7 @@ def record_step(
     update_norm: jax.Array | float | None = None,
     *,
     skip: jax.Array | bool = False,
+    displacement_norm: jax.Array | float | None = None,
 ) -> AEESState:
     """Record one training step; close the episode and pick new arms when it is full.
 
@@ -387,6 +435,9 @@ def record_step(
       update_norm: the L2 norm of this step's parameter update, or ``None`` if
         not tracked (then ``mean_update_norms`` logs ``None``).
       skip: when true the step is not recorded.
+      displacement_norm: with ``config.growth``, on a step that `guard_check`
+        asked to snapshot, the L2 distance between the parameters this step
+        starts from and the previous snapshot (ignored on other steps).
 
     Returns:
       The new state. A skipped step, or one whose loss or update norm is not
@@ -429,6 +480,8 @@ def record_step(
         fast, slow = _guard_averages(config, state.guard, safe_loss)
         taken = decision.take_snapshot
         guard = state.guard
+        if config.growth:
+            guard = _measure_straightness(config, guard, taken, safe_norm, displacement_norm)
         advanced = advanced._replace(
             guard=guard._replace(
                 guard_fast_loss=fast,

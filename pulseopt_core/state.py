@@ -131,6 +131,14 @@ class GuardState(NamedTuple):
         the parameters and inner state it started from.
       rolled_back: ``bool[]`` the latest step asked the adapter to restore the
         snapshot instead of applying its update.
+      path_since_snapshot: ``f[]`` sum of the update norms recorded since the
+        last snapshot (growth only).
+      straightness: ``f[]`` distance moved over path length, measured at the
+        latest episode boundary (NaN before the first measurement).
+      timid_streak: ``i32[]`` consecutive episodes whose straightness passed
+        ``growth_threshold`` since the last growth or cut.
+      lr_ceiling: ``f[]`` growth never takes the LR scale above this: starts at
+        ``max_lr_scale``, set to the cut scale by every rollback.
     """
 
     lr_scale: jax.Array
@@ -143,6 +151,10 @@ class GuardState(NamedTuple):
     total_rollbacks: jax.Array
     take_snapshot: jax.Array
     rolled_back: jax.Array
+    path_since_snapshot: jax.Array
+    straightness: jax.Array
+    timid_streak: jax.Array
+    lr_ceiling: jax.Array
 
 
 class GuardDecision(NamedTuple):

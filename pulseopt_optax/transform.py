@@ -43,6 +43,10 @@ STRUCTURAL_KNOBS = (
     "guard_backoff",
     "guard_max_consecutive",
     "guard_warmup_steps",
+    "growth",
+    "growth_threshold",
+    "growth_factor",
+    "growth_patience",
 )
 # Knobs that may arrive as traced scalars (injected hyperparameters). None of
 # them affects the first episode's choice, which is made before any statistics
@@ -90,6 +94,10 @@ class AEESStructure:
     guard_backoff: float
     guard_max_consecutive: int
     guard_warmup_steps: int
+    growth: bool
+    growth_threshold: float
+    growth_factor: float
+    growth_patience: int
 
     @classmethod
     def of(cls, config: core.AEESConfig) -> AEESStructure:
@@ -273,6 +281,10 @@ def aees(
     guard_backoff: float = 0.5,
     guard_max_consecutive: int = 3,
     guard_warmup_steps: int = 20,
+    growth: bool = False,
+    growth_threshold: float = 0.5,
+    growth_factor: float = 2.0,
+    growth_patience: int = 1,
     preset: str | None = None,
     track_update_norm: bool = True,
     noise_generator: str = "counter",
@@ -352,8 +364,15 @@ def aees(
       guard_spike_ratio, guard_fast_alpha, guard_slow_alpha, guard_backoff,
         guard_max_consecutive, guard_warmup_steps: the guard's knobs, validated
         as in `pulseopt_core.AEESConfig`.
-      preset: ``None`` (the knobs as given) or ``"robust"`` (``guard=True``, the
-        recommended setting when the base learning rate may be set too high).
+      growth: grow the LR scale while updates keep their direction (needs
+        ``guard`` and ``track_update_norm``): at each snapshot the distance the
+        parameters moved since the previous one is compared with the sum of the
+        update norms, one extra reduction per episode. See
+        `pulseopt_core.AEESConfig` for the rule.
+      growth_threshold, growth_factor, growth_patience: the growth rule's knobs.
+      preset: ``None`` (the knobs as given) or ``"robust"`` (``guard=True``,
+        ``growth=True``, ``max_lr_scale=64``): the recommended setting when the
+        base learning rate may be mis-set in either direction.
       track_update_norm: record the L2 norm of every update (one reduction per
         step); ``False`` logs ``None`` for ``mean_update_norms``.
       noise_generator: ``"counter"`` (fused counter-based sampler, the default)
@@ -413,6 +432,10 @@ def aees(
         "guard_backoff": guard_backoff,
         "guard_max_consecutive": guard_max_consecutive,
         "guard_warmup_steps": guard_warmup_steps,
+        "growth": growth,
+        "growth_threshold": growth_threshold,
+        "growth_factor": growth_factor,
+        "growth_patience": growth_patience,
     }
     if noise_generator not in NOISE_GENERATORS:
         raise ValueError(
@@ -433,6 +456,11 @@ def aees(
     }
     # Validated eagerly; traced knobs take their defaults here (see DYNAMIC_KNOBS).
     config = core.apply_preset(core.AEESConfig(**static), preset)
+    if config.growth and not track_update_norm:
+        raise ValueError(
+            "growth=True (also set by preset='robust') measures the path from the update "
+            "norms: it needs track_update_norm=True."
+        )
     step_config = _with_dynamic_knobs(config, traced)
     structure = AEESStructure.of(config)
     record_step = core_function(core.record_step, step_config)
@@ -512,11 +540,21 @@ def aees(
                     "call update(updates, state, params, value=loss)."
                 )
             decision = guard_check(step_config, core_state, value)
-            snapshot = jax.lax.cond(
-                decision.take_snapshot,
-                lambda: GuardSnapshot(params, state.aees_inner_state),
-                lambda: snapshot,
-            )
+            old_snapshot = snapshot
+
+            def take() -> tuple[GuardSnapshot, jax.Array | None]:
+                moved = None
+                if config.growth:
+                    moved = _global_norm(
+                        jax.tree.map(jnp.subtract, params, old_snapshot.snapshot_params),
+                        core.float_dtype(),
+                    )
+                return GuardSnapshot(params, state.aees_inner_state), moved
+
+            def keep() -> tuple[GuardSnapshot, jax.Array | None]:
+                return old_snapshot, (jnp.zeros((), core.float_dtype()) if config.growth else None)
+
+            snapshot, displacement = jax.lax.cond(decision.take_snapshot, take, keep)
 
             def roll_back(_: None) -> tuple[optax.Updates, optax.OptState]:
                 # Updates that carry the parameters back onto the snapshot.
@@ -532,8 +570,11 @@ def aees(
             )
         else:
             new_updates, inner_state = step_or_skip(None)
+            displacement = None
         norm = _global_norm(new_updates, core.float_dtype()) if track_update_norm else None
-        new_core = record_step(step_config, core_state, value, norm, skip=~finite)
+        new_core = record_step(
+            step_config, core_state, value, norm, skip=~finite, displacement_norm=displacement
+        )
         return new_updates, AEESTransformState(
             aees_inner_state=inner_state,
             aees_core_state=new_core,

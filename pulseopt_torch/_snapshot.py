@@ -22,12 +22,21 @@ class Snapshot:
         self._saved_state: list[dict[str, Any]] = []
 
     @torch.no_grad()
-    def take(self, optimizer: torch.optim.Optimizer) -> None:
-        """Copy the current parameters and optimizer state into the snapshot."""
+    def take(self, optimizer: torch.optim.Optimizer, *, measure: bool = False) -> float | None:
+        """Copy the current parameters and optimizer state into the snapshot.
+
+        Returns:
+          With ``measure``, the L2 distance between the current parameters and
+          the previous snapshot (``None`` when there was none); else ``None``.
+        """
         params = _params_of(optimizer)
-        if len(params) != len(self._params) or any(
+        moved = None
+        fresh = len(params) != len(self._params) or any(
             new is not old for new, old in zip(params, self._params, strict=True)
-        ):
+        )
+        if measure and not fresh and self._saved_params:
+            moved = _distance(params, self._saved_params)
+        if fresh:
             self._params = params
             self._saved_params = [torch.empty_like(p) for p in params]
             self._saved_state = [{} for _ in params]
@@ -36,6 +45,7 @@ class Snapshot:
             _copy_into(saved, optimizer.state.get(param, {}))
             for param, saved in zip(params, self._saved_state, strict=True)
         ]
+        return moved
 
     @torch.no_grad()
     def restore(self, optimizer: torch.optim.Optimizer) -> None:
@@ -62,6 +72,15 @@ class Snapshot:
         self._params = params
         self._saved_params = [s.to(p.device, p.dtype) for s, p in zip(saved, params, strict=True)]
         self._saved_state = [dict(entry) for entry in state["optimizer_state"]] if saved else []
+
+
+def _distance(params: list[torch.Tensor], saved: list[torch.Tensor]) -> float:
+    """L2 distance between two lists of tensors, accumulated in float64."""
+    squares = [
+        torch.sum(torch.square(p.detach().double() - s.double()))
+        for p, s in zip(params, saved, strict=True)
+    ]
+    return float(torch.sqrt(torch.stack(squares).sum()).item())
 
 
 def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

@@ -58,7 +58,7 @@ class AEES:
       exploration_coef, discount, warmup_rounds, seed, tie_break, log_capacity,
       multiplier_mode, min_lr_scale, max_lr_scale, guard, guard_spike_ratio,
       guard_fast_alpha, guard_slow_alpha, guard_backoff, guard_max_consecutive,
-      guard_warmup_steps:
+      guard_warmup_steps, growth, growth_threshold, growth_factor, growth_patience:
         the knobs of `pulseopt_core.AEESConfig`, with the same defaults.
         ``log_capacity`` bounds only the core's in-state log: `get_logs` keeps
         every episode. With ``seed=None`` a seed is drawn once (and, under
@@ -68,12 +68,16 @@ class AEES:
         (one parameter-sized buffer, allocated once). With ``False`` nothing
         parameter-sized is allocated and ``mean_update_norms`` logs ``None``.
       preset: ``None`` (the published behaviour, the default) or ``"robust"``:
-        the spike guard on. When the loss spikes (its fast average passes twice
-        its slow average) or turns non-finite, the parameters and the optimizer
-        state are restored in place from the snapshot taken at the last sound
-        episode boundary, and the LR multiplier is halved (cuts compound, down
-        to ``min_lr_scale``). Costs one copy of the parameters and of the
-        optimizer state, and one host read per step.
+        the spike guard and growth on, ``max_lr_scale=64``. When the loss
+        spikes (its fast average passes twice its slow average) or turns
+        non-finite, the parameters and the optimizer state are restored in
+        place from the snapshot taken at the last sound episode boundary, and
+        the LR multiplier is halved (cuts compound, down to ``min_lr_scale``,
+        and growth never climbs back past a cut). While successive updates
+        keep their direction (the parameters moved more than half their path
+        length over the episode), the multiplier doubles at the episode's end.
+        Costs one copy of the parameters and of the optimizer state, one host
+        read per step and one distance per episode.
       skip_nonfinite: on a NaN/Inf loss, skip the step (no optimizer or
         scheduler step, nothing recorded, counted in the core's
         ``skipped_steps``) instead of raising ``ValueError``; for AMP loops.
@@ -131,6 +135,10 @@ class AEES:
         guard_backoff: float = 0.5,
         guard_max_consecutive: int = 3,
         guard_warmup_steps: int = 20,
+        growth: bool = False,
+        growth_threshold: float = 0.5,
+        growth_factor: float = 2.0,
+        growth_patience: int = 1,
         preset: str | None = None,
         lr_scheduler: Any | None = None,
         track_update_norm: bool = True,
@@ -172,11 +180,20 @@ class AEES:
                 guard_backoff=guard_backoff,
                 guard_max_consecutive=guard_max_consecutive,
                 guard_warmup_steps=guard_warmup_steps,
+                growth=growth,
+                growth_threshold=growth_threshold,
+                growth_factor=growth_factor,
+                growth_patience=growth_patience,
             )
             config = core.apply_preset(config, preset)
         for warning in caught:
             warnings.warn(warning.message, warning.category, stacklevel=2)
 
+        if config.growth and not track_update_norm:
+            raise ValueError(
+                "growth=True (also set by preset='robust') measures the path from the update "
+                "norms: it needs track_update_norm=True."
+            )
         self._config = config
         # The seed travels as the key, not as part of the static config, so that
         # runs differing only in their seed share one compilation of the core.
@@ -198,6 +215,8 @@ class AEES:
         self._episode_candidate: CandidateConfig | None = None
         self._logs = empty_logs(config)
         self._logged_episodes = 0
+        # Distance moved since the previous snapshot, measured when one is taken.
+        self._displacement = 0.0
         self._current_candidate: CandidateConfig | None = None
 
     # ------------------------------------------------------------------ training loop
@@ -446,7 +465,8 @@ class AEES:
             rollback, take_snapshot = (bool(flag) for flag in jax.device_get(decision))
         if not rollback:
             if take_snapshot:
-                self._snapshot.take(self._optimizer)
+                moved = self._snapshot.take(self._optimizer, measure=self._config.growth)
+                self._displacement = 0.0 if moved is None else moved
             return False
         self._current_candidate = None
         self._snapshot.restore(self._optimizer)
@@ -463,8 +483,14 @@ class AEES:
     def _record(self, loss: float, update_norm: float | None, *, skip: bool) -> None:
         with _runtime.on_cpu_in_float64():
             self._state = _runtime.record_step(
-                self._core_config, self._state, loss, update_norm, skip=skip
+                self._core_config,
+                self._state,
+                loss,
+                update_norm,
+                skip=skip,
+                displacement_norm=self._displacement if self._config.growth else None,
             )
+        self._displacement = 0.0
         # Mirror the core's rule: a skipped step or a non-finite value is not counted.
         if skip or (update_norm is not None and not math.isfinite(update_norm)):
             return

@@ -71,7 +71,8 @@ def test_a_spike_rolls_back_to_the_snapshot() -> None:
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params, saved_params
     )
     assert int(optax.tree.get(state, "total_rollbacks")) == 1
-    assert float(pulseopt_optax.current_candidate(state).lr_multiplier) == 0.5
+    before = float(pulseopt_optax.current_candidate(history[spike][1]).lr_multiplier)
+    assert float(pulseopt_optax.current_candidate(state).lr_multiplier) == before / 2
 
 
 def test_training_goes_on_after_a_rollback() -> None:
@@ -109,3 +110,53 @@ def test_the_snapshot_costs_one_copy_of_params_and_inner_state() -> None:
     plain = pulseopt_optax.aees(optax.adam(1e-2), episode_length=EPISODE).init(PARAMS)
     extra = size(guarded) - size(plain)
     assert extra == size(PARAMS) + size(optax.adam(1e-2).init(PARAMS))
+
+
+def _linear_run(tx: optax.GradientTransformationExtraArgs, steps: int):
+    """SGD on a loss whose gradient never changes: every update has the same direction."""
+    params = {"w": jnp.zeros((3,), jnp.float32)}
+
+    def loss_fn(p):
+        return 10.0 - jnp.sum(p["w"] * jnp.asarray([1.0, 2.0, 2.0]))
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params, value=loss)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(params)
+    multipliers = []
+    for _ in range(steps):
+        multipliers.append(float(pulseopt_optax.current_candidate(state).lr_multiplier))
+        params, state = step(params, state)
+    return state, multipliers
+
+
+def test_the_robust_preset_grows_the_multiplier_along_a_straight_path() -> None:
+    tx = pulseopt_optax.aees(optax.sgd(1e-4), episode_length=EPISODE, preset="robust", seed=0)
+    state, multipliers = _linear_run(tx, 9 * EPISODE)
+    assert multipliers[::EPISODE] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 64.0, 64.0]
+    # The adapter's distance between snapshots equals the path it measured.
+    assert float(optax.tree.get(state, "straightness")) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_growth_off_keeps_the_multiplier() -> None:
+    tx = pulseopt_optax.aees(
+        optax.sgd(1e-4), episode_length=EPISODE, guard=True, max_lr_scale=64.0, seed=0
+    )
+    _, multipliers = _linear_run(tx, 5 * EPISODE)
+    assert set(multipliers) == {1.0}
+
+
+def test_growth_needs_the_update_norm() -> None:
+    with pytest.raises(ValueError, match="track_update_norm"):
+        pulseopt_optax.aees(optax.sgd(0.1), preset="robust", track_update_norm=False)
+
+
+def test_explicit_knobs_win_over_the_preset() -> None:
+    tx = pulseopt_optax.aees(
+        optax.sgd(1e-4), episode_length=EPISODE, preset="robust", max_lr_scale=4.0, seed=0
+    )
+    _, multipliers = _linear_run(tx, 5 * EPISODE)
+    assert max(multipliers) == 4.0

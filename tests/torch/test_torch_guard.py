@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 
+import pytest
 import torch
 
 from pulseopt_torch import AEES
@@ -57,8 +58,12 @@ def test_a_spike_halves_the_lr_multiplier_for_the_next_steps() -> None:
     aees = _guarded(model)
     for step in range(SPIKE_STEP):
         _step(aees, model, step)
-    _step(aees, model, SPIKE_STEP, scale=1e4)
-    assert aees.step_start(SPIKE_STEP + 1).lr_multiplier == 0.5
+    before = aees.step_start(SPIKE_STEP).lr_multiplier
+    aees.optimizer.zero_grad()
+    loss = loss_at(model, SPIKE_STEP) * 1e4
+    loss.backward()
+    aees.step_end(loss)
+    assert aees.step_start(SPIKE_STEP + 1).lr_multiplier == before / 2
     assert int(aees.core_state.guard.total_rollbacks) == 1
 
 
@@ -110,3 +115,27 @@ def test_a_guarded_run_resumes_exactly_from_its_state_dict() -> None:
     for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert copy.deepcopy(aees.get_logs()) == resumed.get_logs()
+
+
+def test_the_robust_preset_grows_the_multiplier_along_a_straight_path() -> None:
+    weight = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    direction = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64)
+    aees = AEES(torch.optim.SGD([weight], lr=1e-4), episode_length=EPISODE, preset="robust")
+    multipliers = []
+    for step in range(7 * EPISODE):
+        multipliers.append(aees.step_start(step).lr_multiplier)
+        aees.optimizer.zero_grad()
+        loss = 10.0 - torch.dot(weight, direction)
+        loss.backward()
+        aees.step_end(loss)
+    assert multipliers[::EPISODE] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+    assert float(aees.core_state.guard.straightness) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_growth_needs_the_update_norm() -> None:
+    with pytest.raises(ValueError, match="track_update_norm"):
+        AEES(
+            torch.optim.SGD(tiny_model().parameters(), lr=0.1),
+            preset="robust",
+            track_update_norm=False,
+        )
