@@ -473,8 +473,20 @@ def record_step(
         update_norm_sum=episode.update_norm_sum + safe_norm,
         update_norm_count=episode.update_norm_count + int(update_norm is not None),
     )
-    advanced = state._replace(episode=counted, global_step=state.global_step + 1)
-    closes = steps >= config.episode_length
+    # Only the leaves a step touches are selected here; the controllers and
+    # the log change only when an episode closes or a rollback fires, each
+    # behind a conditional, so a plain step costs a handful of scalar ops.
+    closes = valid & (steps >= config.episode_length)
+    quiet = jnp.zeros((), bool)
+
+    def pick(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(valid, a, b), new, old)
+
+    moved = state._replace(
+        episode=pick(counted, episode),
+        global_step=jnp.where(valid, state.global_step + 1, state.global_step),
+        skipped_steps=jnp.where(valid, state.skipped_steps, state.skipped_steps + 1),
+    )
     if config.guard:
         decision = guard_check(config, state, loss)
         fast, slow = _guard_averages(config, state.guard, safe_loss)
@@ -482,35 +494,26 @@ def record_step(
         guard = state.guard
         if config.growth:
             guard = _measure_straightness(config, guard, taken, safe_norm, displacement_norm)
-        advanced = advanced._replace(
-            guard=guard._replace(
-                guard_fast_loss=fast,
-                guard_slow_loss=slow,
-                guard_steps=guard.guard_steps + 1,
-                snapshot_loss=jnp.where(taken, slow, guard.snapshot_loss),
-                has_snapshot=guard.has_snapshot | taken,
-                consecutive_rollbacks=jnp.where(closes, 0, guard.consecutive_rollbacks),
-                take_snapshot=taken,
-                rolled_back=jnp.zeros((), bool),
+        stepped = guard._replace(
+            guard_fast_loss=fast,
+            guard_slow_loss=slow,
+            guard_steps=guard.guard_steps + 1,
+            snapshot_loss=jnp.where(taken, slow, guard.snapshot_loss),
+            has_snapshot=guard.has_snapshot | taken,
+            consecutive_rollbacks=jnp.where(closes, 0, guard.consecutive_rollbacks),
+            take_snapshot=taken,
+        )
+        moved = moved._replace(
+            guard=pick(stepped, state.guard)._replace(
+                take_snapshot=valid & taken, rolled_back=quiet
             )
         )
-    advanced = jax.lax.cond(
-        closes,
-        lambda s: _close_episode(config, s),
-        lambda s: s,
-        advanced,
+    recorded = jax.lax.cond(closes, lambda s: _close_episode(config, s), lambda s: s, moved)
+    if not config.guard:
+        return recorded
+    return jax.lax.cond(
+        decision.rollback, lambda s: _roll_back(config, s), lambda s: recorded, state
     )
-    skipped = state._replace(skipped_steps=state.skipped_steps + 1)
-    if config.guard:
-        quiet = jnp.zeros((), bool)
-        skipped = skipped._replace(
-            guard=skipped.guard._replace(take_snapshot=quiet, rolled_back=quiet)
-        )
-    result = jax.tree.map(lambda a, b: jnp.where(valid, a, b), advanced, skipped)
-    if config.guard:
-        rolled = _roll_back(config, state)
-        result = jax.tree.map(lambda a, b: jnp.where(decision.rollback, a, b), rolled, result)
-    return result
 
 
 @jax.jit(static_argnums=0)

@@ -176,6 +176,63 @@ def findings(boards: Sequence[Scoreboard], labels: dict[str, str]) -> list[str]:
     return lines
 
 
+# The bars the robust preset is held to.
+ROBUST_ARM = "aees_robust"
+ROBUST_REGRET_BAR = 0.4
+ROBUST_WORST_CELL_BAR = 1.10
+ROBUST_RIVALS = (GLOBAL_FIXED, "aees_reference", "aees_reference_random")
+ROBUST_PEERS = ("prodigy", "mechanize", "dog", "reduce_on_plateau")
+
+
+def robust_checks(boards: Sequence[Scoreboard], labels: dict[str, str]) -> list[str]:
+    """The robust preset against its bars, one row per check, each with its verdict."""
+    arms = boards[0].arms
+    if ROBUST_ARM not in arms:
+        return []
+
+    def verdict(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    lines = [
+        f"`{ROBUST_ARM}` against its bars (regret: mean over base LRs and seeds, against the "
+        "oracle fixed multiplier; worst cell: the highest ratio of its mean final validation "
+        "loss to plain training's at any one base LR):",
+        "",
+        "| check | measured | limit | ok |",
+        "|---|---:|---:|---|",
+    ]
+    for board in boards:
+        plain = board.mean_regret(PLAIN)
+        ratio = board.mean_regret(ROBUST_ARM) / plain
+        name = f"{board.task} · {labels[board.optimizer]}"
+        lines.append(
+            f"| {name}: regret / plain's | {ratio:.2f} | {ROBUST_REGRET_BAR} | "
+            f"{verdict(ratio <= ROBUST_REGRET_BAR)} |"
+        )
+    worst = max(float(relative_to_plain(b, ROBUST_ARM).max()) for b in boards)
+    lines.append(
+        f"| worst cell / plain | {worst:.3f} | {ROBUST_WORST_CELL_BAR:.2f} | "
+        f"{verdict(worst <= ROBUST_WORST_CELL_BAR)} |"
+    )
+    mine = float(np.mean([b.mean_regret(ROBUST_ARM) for b in boards]))
+    for rival in (r for r in ROBUST_RIVALS if r in arms):
+        theirs = float(np.mean([b.mean_regret(rival) for b in boards]))
+        lines.append(
+            f"| mean regret vs `{rival}` (all pairs) | {mine:.4f} vs {theirs:.4f} | lower | "
+            f"{verdict(mine < theirs)} |"
+        )
+    peers = [p for p in ROBUST_PEERS if p in arms]
+    if peers:
+        placed = ", ".join(
+            f"`{p}` {np.mean([b.mean_regret(p) for b in boards]):.4f}" for p in peers
+        )
+        lines += [
+            "",
+            f"Mean regret over all pairs, for placing it: `{ROBUST_ARM}` {mine:.4f}; {placed}.",
+        ]
+    return lines
+
+
 def _bandit_vs_chance(
     boards: Sequence[Scoreboard], adaptive: str, random: str, labels: dict[str, str]
 ) -> str:
@@ -296,6 +353,9 @@ def write_report(
 ) -> None:
     """Write the markdown report: header, findings, summary, per-board tables, figures."""
     lines = [*header, "", "## Findings", "", *findings(boards, labels), ""]
+    checks = robust_checks(boards, labels)
+    if checks:
+        lines += ["## The robust preset against its bars", "", *checks, ""]
     lines += ["## Method", "", *method, ""]
     lines += [
         "## Mean regret against the oracle, averaged over base LRs and seeds",

@@ -38,7 +38,11 @@ BENCHMARKS = Path(__file__).resolve().parent.parent
 # Base LR = nominal LR x these factors: 10^-1.5 ... 10^1, a 316x range with
 # three settings below the nominal value and two above it.
 MIS_SET_FACTORS = 10.0 ** np.arange(-1.5, 1.01, 0.5)
-MULTIPLIER_FIGURE_ARM = "aees_wide"
+# Arms whose multiplier traces get a figure, and the figure's file name.
+MULTIPLIER_FIGURES = {
+    "aees_wide": "quality_multipliers.png",
+    "aees_robust": "quality_multipliers_robust.png",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +136,7 @@ class SuiteResults:
     """
 
     boards: list[Scoreboard]
-    multipliers: dict[tuple[str, str], np.ndarray]
+    multipliers: dict[str, dict[tuple[str, str], np.ndarray]]
     training_seconds: float
 
 
@@ -140,7 +144,8 @@ def run_suite(options: SuiteOptions) -> SuiteResults:
     """Train every (task, optimizer, arm) population and score it."""
     arms = default_arms()
     seeds = np.arange(options.seeds)
-    boards, multipliers, training_seconds = [], {}, 0.0
+    boards, training_seconds = [], 0.0
+    multipliers: dict[str, dict[tuple[str, str], np.ndarray]] = {}
     jobs = [(t, a) for t in options.tasks for a in options.arms]
     progress = tqdm(total=len(jobs) * len(options.optimizers), desc="quality", unit="run")
     for task_name in options.tasks:
@@ -167,8 +172,9 @@ def run_suite(options: SuiteOptions) -> SuiteResults:
         for opt_name, results in per_optimizer.items():
             boards.append(score(results, INNER_OPTIMIZERS[opt_name].nominal_lr))
             for result in results:
-                if result.arm == MULTIPLIER_FIGURE_ARM:
-                    multipliers[(task_name, opt_name)] = result.multiplier
+                if result.arm in MULTIPLIER_FIGURES:
+                    traces = multipliers.setdefault(result.arm, {})
+                    traces[(task_name, opt_name)] = result.multiplier
     progress.close()
     return SuiteResults(boards, multipliers, training_seconds)
 
@@ -236,20 +242,20 @@ def main(options: SuiteOptions, command: Sequence[str]) -> Path:
         )
     ]
     plot_final_val(boards, labels, figures[0][1])
-    if multipliers:
+    for arm, traces in multipliers.items():
         figures.append(
             (
-                f"The LR multiplier `{MULTIPLIER_FIGURE_ARM}` used in the second half of "
+                f"The LR multiplier `{arm}` used in the second half of "
                 "training (geometric mean; dots: seeds) against the oracle's multiplier.",
-                options.figures / "quality_multipliers.png",
+                options.figures / MULTIPLIER_FIGURES[arm],
             )
         )
         plot_multipliers(
-            [b for b in boards if (b.task, b.optimizer) in multipliers],
-            multipliers,
-            MULTIPLIER_FIGURE_ARM,
+            [b for b in boards if (b.task, b.optimizer) in traces],
+            traces,
+            arm,
             labels,
-            figures[1][1],
+            figures[-1][1],
         )
     header = [
         "# Quality benchmark: what AEES is worth against fixed LRs and LR-free peers",
