@@ -172,8 +172,8 @@ def test_every_core_knob_is_a_keyword_with_the_cores_default():
     assert parameters["track_update_norm"].default is True
 
 
-def test_the_robust_preset_is_the_guard():
+def test_the_robust_preset_is_the_guard_with_growth():
     params = jnp.zeros(3)
     by_preset = aees(optax.sgd(0.1), preset="robust").init(params)
-    by_knob = aees(optax.sgd(0.1), guard=True).init(params)
+    by_knob = aees(optax.sgd(0.1), guard=True, growth=True, max_lr_scale=64.0).init(params)
     assert by_preset.aees_structure == by_knob.aees_structure
