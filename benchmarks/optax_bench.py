@@ -14,6 +14,8 @@ Variants:
                    step: the non-finite guard (gradients and loss) with its
                    skip selects, the update-norm reduction and the LR
                    multiplier. The floor any implementation pays.
+  forced_minimum_no_norm   the same without the update-norm reduction: the
+                   floor of ``track_update_norm=False``.
   aees             ``aees(adamw)`` with the defaults (noise off).
   aees_no_norm     the same with ``track_update_norm=False``.
   adamw_add_noise  ``optax.chain(optax.add_noise(...), adamw)``: JAX's
@@ -69,7 +71,9 @@ class MLP(nnx.Module):
         return self.out(x)
 
 
-def forced_minimum(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def forced_minimum(
+    inner: optax.GradientTransformation, *, norm: bool = True
+) -> optax.GradientTransformationExtraArgs:
     """Adamw plus exactly the per-step work the AEES contract requires, nothing else."""
 
     def init_fn(params: Any) -> tuple[Any, jax.Array, jax.Array]:
@@ -87,8 +91,10 @@ def forced_minimum(inner: optax.GradientTransformation) -> optax.GradientTransfo
             return jax.tree.map(jnp.zeros_like, updates), inner_state
 
         new_updates, new_inner = jax.lax.cond(finite, step, skip, None)
-        norm = jnp.sqrt(sum(jnp.sum(jnp.square(u)) for u in jax.tree.leaves(new_updates)))
-        return new_updates, (new_inner, multiplier, norm)
+        if not norm:
+            return new_updates, (new_inner, multiplier, state[2])
+        size = jnp.sqrt(sum(jnp.sum(jnp.square(u)) for u in jax.tree.leaves(new_updates)))
+        return new_updates, (new_inner, multiplier, size)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -98,6 +104,7 @@ def variants() -> dict[str, optax.GradientTransformation]:
     return {
         "adamw": adamw,
         "forced_minimum": forced_minimum(adamw),
+        "forced_minimum_no_norm": forced_minimum(adamw, norm=False),
         "aees": pulseopt_optax.aees(adamw, seed=0),
         "aees_no_norm": pulseopt_optax.aees(adamw, seed=0, track_update_norm=False),
         "aees_robust": pulseopt_optax.aees(adamw, seed=0, preset="robust"),
@@ -165,6 +172,10 @@ def ratios(median: dict[str, float]) -> dict[str, tuple[float, float]]:
         "aees / adamw": (median["aees"] / median["adamw"], 1.30),
         "aees / forced_minimum": (median["aees"] / median["forced_minimum"], 1.05),
         "aees_no_norm / adamw": (median["aees_no_norm"] / median["adamw"], 1.15),
+        "aees_no_norm / forced_minimum_no_norm": (
+            median["aees_no_norm"] / median["forced_minimum_no_norm"],
+            1.05,
+        ),
         "aees_robust / aees": (median["aees_robust"] / median["aees"], 1.15),
         "noise extra / add_noise extra": (noise_extra / add_noise_extra, 0.30),
         "noise arms (cond) extra / add_noise extra": (
