@@ -240,6 +240,35 @@ def _scale(tree: object, multiplier: jax.Array) -> object:
     return jax.tree.map(scale, tree)
 
 
+def _refresh_snapshot(
+    take: jax.Array,
+    snapshot: GuardSnapshot,
+    params: optax.Params,
+    inner_state: optax.OptState,
+    measure: bool,
+) -> tuple[GuardSnapshot, jax.Array | None]:
+    """The snapshot, replaced by ``(params, inner_state)`` when ``take``.
+
+    Also returns, with ``measure``, the distance from the old snapshot's
+    parameters to ``params`` when ``take`` (else 0). Written as a loop of zero
+    or one trip rather than a conditional: XLA updates a loop's carry in its
+    own (donated) buffers, whereas a conditional that returns its operand
+    unchanged makes it copy the whole snapshot on every step.
+    """
+    dtype = core.float_dtype()
+
+    def refresh(carry: tuple[jax.Array, GuardSnapshot, jax.Array]) -> Any:
+        _, old, _ = carry
+        moved = jnp.zeros((), dtype)
+        if measure:
+            moved = _global_norm(jax.tree.map(jnp.subtract, params, old.snapshot_params), dtype)
+        return jnp.zeros((), bool), GuardSnapshot(params, inner_state), moved
+
+    start = (jnp.asarray(take, bool), snapshot, jnp.zeros((), dtype))
+    _, snapshot, moved = jax.lax.while_loop(lambda carry: carry[0], refresh, start)
+    return snapshot, (moved if measure else None)
+
+
 def _empty_snapshot(params: optax.Params, inner: optax.GradientTransformation) -> GuardSnapshot:
     """Room for the guard's snapshot; filled at the first sound step, never read before."""
     return GuardSnapshot(
@@ -540,21 +569,9 @@ def aees(
                     "call update(updates, state, params, value=loss)."
                 )
             decision = guard_check(step_config, core_state, value)
-            old_snapshot = snapshot
-
-            def take() -> tuple[GuardSnapshot, jax.Array | None]:
-                moved = None
-                if config.growth:
-                    moved = _global_norm(
-                        jax.tree.map(jnp.subtract, params, old_snapshot.snapshot_params),
-                        core.float_dtype(),
-                    )
-                return GuardSnapshot(params, state.aees_inner_state), moved
-
-            def keep() -> tuple[GuardSnapshot, jax.Array | None]:
-                return old_snapshot, (jnp.zeros((), core.float_dtype()) if config.growth else None)
-
-            snapshot, displacement = jax.lax.cond(decision.take_snapshot, take, keep)
+            snapshot, displacement = _refresh_snapshot(
+                decision.take_snapshot, snapshot, params, state.aees_inner_state, config.growth
+            )
 
             def roll_back(_: None) -> tuple[optax.Updates, optax.OptState]:
                 # Updates that carry the parameters back onto the snapshot.
