@@ -4,7 +4,7 @@ MLP 64-1024-1024-10, AdamW, batch 64, CPU, one torch thread. Every variant runs
 in its own process; the processes are interleaved round by round, and the
 table reports the median over rounds of each process's median step time.
 
-    .venv/bin/python benchmarks/torch_bench.py [--rounds 3] [--steps 200] [--write]
+    .venv/bin/python benchmarks/torch_bench.py [--rounds 5] [--steps 200] [--write]
 
 ``--write`` writes the tables to ``benchmarks/results_torch.md``.
 """
