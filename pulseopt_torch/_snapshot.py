@@ -75,12 +75,12 @@ class Snapshot:
 
 
 def _distance(params: list[torch.Tensor], saved: list[torch.Tensor]) -> float:
-    """L2 distance between two lists of tensors, accumulated in float64."""
-    squares = [
-        torch.sum(torch.square(p.detach().double() - s.double()))
+    """L2 distance between two lists of tensors (one difference at a time, norms in float64)."""
+    norms = [
+        torch.linalg.vector_norm(p.detach() - s, dtype=torch.float64)
         for p, s in zip(params, saved, strict=True)
     ]
-    return float(torch.sqrt(torch.stack(squares).sum()).item())
+    return float(torch.linalg.vector_norm(torch.stack([n.cpu() for n in norms])).item())
 
 
 def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
