@@ -7,12 +7,15 @@ Two generators draw the standard normals:
 * ``"counter"`` (the default): a counter-based generator written as plain
   elementwise integer and float operations, so XLA fuses it into the
   gradient arithmetic and it runs near memory speed. Element ``i`` of a leaf
-  gets the 32-bit value ``h(h(i ^ k0) ^ k1)``, where ``h`` is the MurmurHash3
-  finaliser (a bijection with full avalanche) and ``(k0, k1)`` are 64 key bits
-  drawn per leaf and per step from the AEES key. The top 24 bits become a
-  uniform ``u`` on the open interval (0, 1) and ``sqrt(2) * erfinv(2u - 1)``
-  turns it into a standard normal, with ``erfinv`` evaluated by Giles'
-  single-precision polynomials (one logarithm, no trigonometry). ``i`` is the
+  gets the 32-bit value ``h((i * g + k1) ^ k0)``, where ``g`` is the odd
+  constant ``0x9E3779B9``, ``h`` is the MurmurHash3 finaliser (a bijection
+  with full avalanche) and ``(k0, k1)`` are 64 key bits drawn per leaf and per
+  step from the AEES key. The top 24 bits become a uniform ``u`` on the open
+  interval (0, 1) and ``sqrt(2) * erfinv(2u - 1)`` turns it into a standard
+  normal, with ``erfinv`` evaluated by Giles' single-precision polynomials.
+  Their one logarithm is taken from the float's exponent plus a degree-7
+  polynomial in its mantissa (absolute error below 3e-7, about a tenth cheaper
+  than the general-purpose ``log``, whose special cases never arise here). ``i`` is the
   element's row-major index, built from per-axis iotas, so every device
   computes exactly the elements of its own shard: the noise follows the
   leaf's sharding, needs no communication, and does not depend on how the
@@ -38,6 +41,18 @@ from jax import lax
 NOISE_GENERATORS = ("counter", "threefry")
 
 _FMIX_MULTIPLIERS = (0x85EBCA6B, 0xC2B2AE35)
+# Spreads consecutive element indices over the whole 32-bit range before hashing.
+_INDEX_MULTIPLIER = 0x9E3779B9
+# log(1 + t) ~= t * P(t) on [0, 1): least squares on Chebyshev nodes, |error| < 3e-7.
+_LOG1P_UNIT = (
+    0.999978516,
+    -0.499423297,
+    0.327937181,
+    -0.225006931,
+    0.133351158,
+    -0.0541751417,
+    0.0104858724,
+)
 # erfinv(x) = x * P(w), w = -log(1 - x^2); one polynomial for w < 5, one beyond.
 _ERFINV_CENTRAL = (
     2.81022636e-08,
@@ -88,6 +103,17 @@ def _element_index(shape: Sequence[int]) -> jax.Array:
     return index
 
 
+def _log_unit(v: jax.Array) -> jax.Array:
+    """``log(v)`` for normal float32 ``v`` in (0, 1]: exponent plus mantissa polynomial."""
+    bits = lax.bitcast_convert_type(v, jnp.int32)
+    exponent = (bits >> 23) - 127
+    mantissa = lax.bitcast_convert_type((bits & 0x7FFFFF) | 0x3F800000, jnp.float32)
+    t = mantissa - 1.0
+    log_mantissa = _horner(tuple(reversed(_LOG1P_UNIT)), t) * t
+    result: jax.Array = exponent.astype(jnp.float32) * jnp.float32(math.log(2.0)) + log_mantissa
+    return result
+
+
 def _horner(coefficients: Sequence[float], x: jax.Array) -> jax.Array:
     result = jnp.full_like(x, coefficients[0])
     for coefficient in coefficients[1:]:
@@ -104,7 +130,8 @@ def normal_from_bits(bits: jax.Array) -> jax.Array:
     """
     odd = (bits >> (32 - _UNIFORM_BITS)).astype(jnp.int32) * 2 + (1 - 2**_UNIFORM_BITS)
     x = odd.astype(jnp.float32) * jnp.float32(2.0**-_UNIFORM_BITS)
-    w = -jnp.log((1.0 - x) * (1.0 + x))
+    # (1 - x)(1 + x) >= 2**-23: a normal float, so the bit-level logarithm applies.
+    w = -_log_unit((1.0 - x) * (1.0 + x))
     central = _horner(_ERFINV_CENTRAL, w - 2.5)
     tail = _horner(_ERFINV_TAIL, jnp.sqrt(w) - 3.0)
     normal: jax.Array = jnp.float32(math.sqrt(2.0)) * jnp.where(w < 5.0, central, tail) * x
@@ -113,8 +140,8 @@ def normal_from_bits(bits: jax.Array) -> jax.Array:
 
 def counter_bits(key_words: jax.Array, shape: Sequence[int]) -> jax.Array:
     """``uint32`` bits of every element of a leaf from two key words ``u32[2]``."""
-    index = _element_index(shape)
-    return _fmix32(_fmix32(index ^ key_words[0]) ^ key_words[1])
+    spread = _element_index(shape) * jnp.uint32(_INDEX_MULTIPLIER) + key_words[1]
+    return _fmix32(spread ^ key_words[0])
 
 
 def counter_normal(key: jax.Array, shape: Sequence[int]) -> jax.Array:
