@@ -4,7 +4,7 @@ MLP 64-1024-1024-10, AdamW, batch 64, CPU, one torch thread. Every variant runs
 in its own process; the processes are interleaved round by round, and the
 table reports the median over rounds of each process's median step time.
 
-    .venv/bin/python benchmarks/torch_bench.py [--rounds 5] [--steps 200] [--write]
+    .venv/bin/python benchmarks/torch_bench.py [--rounds 9] [--steps 200] [--write]
 
 ``--write`` writes the tables to ``benchmarks/results_torch.md``.
 """
@@ -96,7 +96,7 @@ def _worker(name: str, steps: int, warmup: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--worker", choices=sorted(VARIANTS))
