@@ -13,7 +13,14 @@ from pulseopt_core.bandit import (
     ucb_select,
     ucb_update,
 )
-from pulseopt_core.config import PHASES, PRESETS, TRENDS, AEESConfig, apply_preset
+from pulseopt_core.config import (
+    PHASES,
+    PRESETS,
+    TRENDS,
+    AEESConfig,
+    apply_preset,
+    require_update_norms,
+)
 from pulseopt_core.context import context_bucket, loss_trend, training_phase
 from pulseopt_core.episode import (
     current_candidate,
@@ -72,6 +79,7 @@ __all__ = [
     "make_key",
     "noise_key",
     "record_step",
+    "require_update_norms",
     "restart_episode_at",
     "reward_from_statistics",
     "training_phase",

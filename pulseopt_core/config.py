@@ -313,6 +313,19 @@ class AEESConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+def require_update_norms(config: AEESConfig, track_update_norm: bool) -> None:
+    """Raise if ``config`` needs the update norms an adapter was told not to track.
+
+    Raises:
+      ValueError: if ``config.growth`` is on and ``track_update_norm`` is False.
+    """
+    if config.growth and not track_update_norm:
+        raise ValueError(
+            "growth=True (also set by preset='robust') measures the path from the update "
+            "norms: it needs track_update_norm=True."
+        )
+
+
 def apply_preset(config: AEESConfig, preset: str | None) -> AEESConfig:
     """``config`` with the knobs of a named preset filled in (``None`` changes nothing).
 

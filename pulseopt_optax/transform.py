@@ -485,11 +485,7 @@ def aees(
     }
     # Validated eagerly; traced knobs take their defaults here (see DYNAMIC_KNOBS).
     config = core.apply_preset(core.AEESConfig(**static), preset)
-    if config.growth and not track_update_norm:
-        raise ValueError(
-            "growth=True (also set by preset='robust') measures the path from the update "
-            "norms: it needs track_update_norm=True."
-        )
+    core.require_update_norms(config, track_update_norm)
     step_config = _with_dynamic_knobs(config, traced)
     structure = AEESStructure.of(config)
     record_step = core_function(core.record_step, step_config)

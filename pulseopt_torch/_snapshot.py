@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from pulseopt_torch._update_norm import combined_norm
+
 
 class Snapshot:
     """Parameters and optimizer state at the last sound episode boundary."""
@@ -76,11 +78,12 @@ class Snapshot:
 
 def _distance(params: list[torch.Tensor], saved: list[torch.Tensor]) -> float:
     """L2 distance between two lists of tensors (one difference at a time, norms in float64)."""
-    norms = [
-        torch.linalg.vector_norm(p.detach() - s, dtype=torch.float64)
-        for p, s in zip(params, saved, strict=True)
-    ]
-    return float(torch.linalg.vector_norm(torch.stack([n.cpu() for n in norms])).item())
+    return combined_norm(
+        [
+            torch.linalg.vector_norm(p.detach() - s, dtype=torch.float64)
+            for p, s in zip(params, saved, strict=True)
+        ]
+    )
 
 
 def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:

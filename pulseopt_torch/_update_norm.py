@@ -12,6 +12,15 @@ import torch
 _GroupKey = tuple[torch.device, torch.dtype]
 
 
+def combined_norm(norms: list[torch.Tensor]) -> float:
+    """The L2 norm of several tensors from their own norms (any devices), with one sync."""
+    if len(norms) == 1:
+        return float(norms[0].item())
+    home = norms[0].device
+    squares = torch.stack([n.to(home, torch.float64).square() for n in norms])
+    return float(squares.sum().sqrt().item())
+
+
 class UpdateNormTracker:
     """Measures ``||params_after - params_before||_2`` across all parameters."""
 
@@ -33,12 +42,7 @@ class UpdateNormTracker:
         if not self._params:
             return 0.0
         torch._foreach_sub_(self._views, self._params)
-        norms = [torch.linalg.vector_norm(flat) for flat in self._flat_buffers]
-        if len(norms) == 1:
-            return float(norms[0].item())
-        home = norms[0].device
-        squares = torch.stack([n.to(home, torch.float64).square() for n in norms])
-        return float(squares.sum().sqrt().item())
+        return combined_norm([torch.linalg.vector_norm(flat) for flat in self._flat_buffers])
 
     def _tracks(self, params: list[torch.Tensor]) -> bool:
         return len(params) == len(self._params) and all(

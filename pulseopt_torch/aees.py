@@ -189,11 +189,7 @@ class AEES:
         for warning in caught:
             warnings.warn(warning.message, warning.category, stacklevel=2)
 
-        if config.growth and not track_update_norm:
-            raise ValueError(
-                "growth=True (also set by preset='robust') measures the path from the update "
-                "norms: it needs track_update_norm=True."
-            )
+        core.require_update_norms(config, track_update_norm)
         self._config = config
         # The seed travels as the key, not as part of the static config, so that
         # runs differing only in their seed share one compilation of the core.
@@ -215,8 +211,6 @@ class AEES:
         self._episode_candidate: CandidateConfig | None = None
         self._logs = empty_logs(config)
         self._logged_episodes = 0
-        # Distance moved since the previous snapshot, measured when one is taken.
-        self._displacement = 0.0
         self._current_candidate: CandidateConfig | None = None
 
     # ------------------------------------------------------------------ training loop
@@ -276,8 +270,11 @@ class AEES:
                 "step_end() called without a preceding step_start(); open the step first."
             )
         loss_value = self._loss_value(loss)
-        if self._snapshot is not None and self._guard_step(loss_value):
-            return
+        displacement = 0.0
+        if self._snapshot is not None:
+            rolled_back, displacement = self._guard_step(loss_value)
+            if rolled_back:
+                return
         if not math.isfinite(loss_value):
             self._current_candidate = None
             if not self._skip_nonfinite:
@@ -294,7 +291,7 @@ class AEES:
                 self._lr_scheduler.step()
         finally:
             self._current_candidate = None
-        self._record(loss_value, update_norm, skip=False)
+        self._record(loss_value, update_norm, skip=False, displacement=displacement)
 
     def finalize(self) -> None:
         """Close the trailing partial episode (if it has steps) so it is scored and logged.
@@ -457,17 +454,22 @@ class AEES:
                 group["lr"] = base_lr
         return None if self._norm_tracker is None else self._norm_tracker.norm()
 
-    def _guard_step(self, loss: float) -> bool:
-        """Let the spike guard snapshot or roll back; True if the step was rolled back."""
+    def _guard_step(self, loss: float) -> tuple[bool, float]:
+        """Let the spike guard snapshot or roll back.
+
+        Returns:
+          Whether the step was rolled back, and the distance the parameters
+          moved since the previous snapshot when one was taken now (else 0).
+        """
         assert self._snapshot is not None
         with _runtime.on_cpu_in_float64():
             decision = _runtime.guard_check(self._core_config, self._state, loss)
             rollback, take_snapshot = (bool(flag) for flag in jax.device_get(decision))
         if not rollback:
+            moved = None
             if take_snapshot:
                 moved = self._snapshot.take(self._optimizer, measure=self._config.growth)
-                self._displacement = 0.0 if moved is None else moved
-            return False
+            return False, 0.0 if moved is None else moved
         self._current_candidate = None
         self._snapshot.restore(self._optimizer)
         with _runtime.on_cpu_in_float64():
@@ -478,9 +480,11 @@ class AEES:
         self._episode_steps = 0
         self._core_step += 1
         self._episode_candidate = None
-        return True
+        return True, 0.0
 
-    def _record(self, loss: float, update_norm: float | None, *, skip: bool) -> None:
+    def _record(
+        self, loss: float, update_norm: float | None, *, skip: bool, displacement: float = 0.0
+    ) -> None:
         with _runtime.on_cpu_in_float64():
             self._state = _runtime.record_step(
                 self._core_config,
@@ -488,9 +492,8 @@ class AEES:
                 loss,
                 update_norm,
                 skip=skip,
-                displacement_norm=self._displacement if self._config.growth else None,
+                displacement_norm=displacement if self._config.growth else None,
             )
-        self._displacement = 0.0
         # Mirror the core's rule: a skipped step or a non-finite value is not counted.
         if skip or (update_norm is not None and not math.isfinite(update_norm)):
             return
