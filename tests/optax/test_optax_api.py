@@ -113,6 +113,23 @@ def test_non_finite_gradients_skip_the_step_and_training_continues():
     assert all(math.isfinite(r) for r in logs["episode_rewards"])
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("shape", [(256, 256), (8, 64, 48), (40000,), (5000, 4)])
+def test_all_finite_finds_every_bad_element(dtype, shape):
+    # The first two shapes take the matrix-vector path, the last two the plain sum.
+    check = jax.jit(pulseopt_optax.all_finite)
+    size = math.prod(shape)
+    clean = {"big": jnp.ones(shape, dtype), "small": jnp.ones(3, dtype)}
+    assert bool(check(clean))
+    # Large finite values must not overflow into a false alarm.
+    assert bool(check({"big": jnp.full(shape, jnp.finfo(dtype).max, dtype)}))
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        for index in (0, size // 2 + 7, size - 1):
+            leaf = jnp.ones(size, dtype).at[index].set(bad).reshape(shape)
+            assert not bool(check({**clean, "big": leaf})), (bad, index)
+        assert not bool(check({**clean, "small": jnp.ones(3, dtype).at[1].set(bad)}))
+
+
 def test_no_nan_reaches_the_controller_statistics():
     tx = aees(optax.sgd(0.1), lr_candidates=(0.5, 1.0), episode_length=2, seed=0)
     losses = [3.0, float("nan"), 2.0, float("inf"), 1.0, 0.5, float("-inf"), 0.4]
