@@ -1,10 +1,19 @@
 """Per-step cost of pulseopt_torch.AEES against a plain loop and the published wrapper.
 
-MLP 64-1024-1024-10, AdamW, batch 64, CPU, one torch thread. Every variant runs
-in its own process; the processes are interleaved round by round, and the
-table reports the median over rounds of each process's median step time.
+MLP 64-1024-1024-10, AdamW, batch 64, CPU, one torch thread.
 
-    .venv/bin/python benchmarks/torch_bench.py [--rounds 9] [--steps 200] [--write]
+Step times: each round is one fresh process that builds every variant (its own
+model, optimizer and wrapper, same initialisation and batch) and warms each up.
+It then runs cycles: in each cycle every variant runs a block of ``--block``
+steps, in a new shuffled order, and the cycle records each variant's median step
+time. Step times on a shared machine drift over seconds, so every ratio is
+taken within one cycle (paired: same process, same moment) and the table
+reports the median over all cycles of all rounds.
+
+One-time costs (import, first step) come from one short process per variant
+per round, since an import or a compilation is only cold once.
+
+    .venv/bin/python benchmarks/torch_bench.py [--rounds 7] [--blocks 30] [--block 10] [--write]
 
 ``--write`` writes the tables to ``benchmarks/results_torch.md``.
 """
@@ -15,11 +24,14 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).with_name("results_torch.md")
 
@@ -30,7 +42,7 @@ README_DEFAULT = {
     "episode_length": 100,
     "seed": 42,
 }
-VARIANTS = {
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("plain", {}),
     "ours_norm": ("ours", {**LR_ONLY, "track_update_norm": True}),
     "ours_no_norm": ("ours", {**LR_ONLY, "track_update_norm": False}),
@@ -41,18 +53,23 @@ VARIANTS = {
 }
 
 
-def _worker(name: str, steps: int, warmup: int) -> None:
-    started = time.perf_counter()
+def _wrapper_class(kind: str) -> type | None:
+    if kind == "ours":
+        from pulseopt_torch import AEES
+
+        return AEES
+    if kind == "reference":
+        from pulseopt import AEES as Reference
+
+        return Reference
+    return None
+
+
+def _make_step(name: str) -> Callable[[], float]:
+    """One variant's training loop, as a closure that runs one step and returns its seconds."""
     import torch
 
-    torch.set_num_threads(1)
     kind, knobs = VARIANTS[name]
-    if kind == "ours":
-        from pulseopt_torch import AEES as Wrapper
-    elif kind == "reference":
-        from pulseopt import AEES as Wrapper
-    import_seconds = time.perf_counter() - started
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(64, 1024),
@@ -62,15 +79,15 @@ def _worker(name: str, steps: int, warmup: int) -> None:
         torch.nn.Linear(1024, 10),
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    aees = Wrapper(optimizer, **knobs) if kind != "plain" else None
+    wrapper = _wrapper_class(kind)
+    aees = wrapper(optimizer, **knobs) if wrapper is not None else None
     inputs, targets = torch.randn(64, 64), torch.randint(0, 10, (64,))
+    counter = [0]
 
-    times = []
-    first_step_seconds = 0.0
-    for step in range(warmup + steps):
+    def step() -> float:
         begin = time.perf_counter()
         if aees is not None:
-            aees.step_start(step)
+            aees.step_start(counter[0])
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(inputs), targets)
         loss.backward()
@@ -78,71 +95,112 @@ def _worker(name: str, steps: int, warmup: int) -> None:
             aees.step_end(loss)
         else:
             optimizer.step()
-        elapsed = time.perf_counter() - begin
-        if step == 0:
-            first_step_seconds = elapsed
-        if step >= warmup:
-            times.append(elapsed)
-    print(
-        json.dumps(
-            {
-                "median_step_ms": 1e3 * statistics.median(times),
-                "import_s": import_seconds,
-                "first_step_s": first_step_seconds,
-            }
-        )
-    )
+        counter[0] += 1
+        return time.perf_counter() - begin
+
+    return step
+
+
+def _timing_worker(blocks: int, block: int, warmup: int, seed: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    steps = {name: _make_step(name) for name in VARIANTS}
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    cycles = []
+    order = list(VARIANTS)
+    shuffler = random.Random(seed)
+    for _ in range(blocks):
+        shuffler.shuffle(order)
+        cycle = {}
+        for name in order:
+            cycle[name] = 1e3 * statistics.median(steps[name]() for _ in range(block))
+        cycles.append(cycle)
+    print(json.dumps(cycles))
+
+
+def _startup_worker(name: str) -> None:
+    started = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(1)
+    _wrapper_class(VARIANTS[name][0])
+    import_seconds = time.perf_counter() - started
+    first_step_seconds = _make_step(name)()
+    print(json.dumps({"import_s": import_seconds, "first_step_s": first_step_seconds}))
+
+
+def _run_worker(*arguments: str) -> Any:
+    command = [sys.executable, __file__, *arguments]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--blocks", type=int, default=30)
+    parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--worker", choices=sorted(VARIANTS))
+    parser.add_argument("--timing-worker", type=int, metavar="SEED")
+    parser.add_argument("--startup-worker", choices=sorted(VARIANTS))
     parser.add_argument("--write", action="store_true", help="write benchmarks/results_torch.md")
     args = parser.parse_args()
-    if args.worker:
-        _worker(args.worker, args.steps, args.warmup)
+    if args.timing_worker is not None:
+        _timing_worker(args.blocks, args.block, args.warmup, args.timing_worker)
+        return
+    if args.startup_worker:
+        _startup_worker(args.startup_worker)
         return
 
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
-    for _ in range(args.rounds):
-        for name in VARIANTS:
-            command = [
-                sys.executable,
-                __file__,
-                "--worker",
-                name,
-                "--steps",
-                str(args.steps),
+    cycles: list[dict[str, float]] = []
+    startup: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    for round_index in range(args.rounds):
+        cycles.extend(
+            _run_worker(
+                "--timing-worker",
+                str(round_index),
+                "--blocks",
+                str(args.blocks),
+                "--block",
+                str(args.block),
                 "--warmup",
                 str(args.warmup),
-            ]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results[name].append(json.loads(output.strip().splitlines()[-1]))
+            )
+        )
+        for name in VARIANTS:
+            startup[name].append(_run_worker("--startup-worker", name))
 
-    def median(name: str, field: str) -> float:
-        return statistics.median(run[field] for run in results[name])
+    def step_ms(name: str) -> float:
+        return statistics.median(cycle[name] for cycle in cycles)
 
-    plain = median("plain", "median_step_ms")
+    def ratio(numerator: str, denominator: str) -> float:
+        return statistics.median(cycle[numerator] / cycle[denominator] for cycle in cycles)
+
+    def one_time(name: str, field: str) -> float:
+        return statistics.median(run[field] for run in startup[name])
+
     lines = [
         "## torch adapter: per-step overhead",
         "",
-        f"`python benchmarks/torch_bench.py --rounds {args.rounds} --steps {args.steps}` on "
-        f"{os.cpu_count()} CPU cores ({platform.machine()}): MLP 64-1024-1024-10, AdamW, "
-        "batch 64, `torch.set_num_threads(1)`, one process per variant, interleaved round by "
-        "round, median over rounds of each process's median step time. Import and first-step "
-        "columns show the one-time cost of loading and compiling the JAX core.",
+        f"`python benchmarks/torch_bench.py --rounds {args.rounds} --blocks {args.blocks} "
+        f"--block {args.block}` on {os.cpu_count()} CPU cores ({platform.machine()}): MLP "
+        "64-1024-1024-10, AdamW, batch 64, `torch.set_num_threads(1)`. Each round is one "
+        "process that cycles through every variant, a block of steps each in shuffled "
+        "order; ratios are taken within a cycle (paired) and the table shows medians over "
+        "all cycles of all rounds. Import and "
+        "first-step columns (one fresh process per variant and round) show the one-time cost of "
+        "loading and compiling the JAX core.",
         "",
         "| variant | median step (ms) | vs plain | import (s) | first step (s) |",
         "|---|---:|---:|---:|---:|",
     ]
     for name in VARIANTS:
-        step_ms = median(name, "median_step_ms")
         lines.append(
-            f"| {name} | {step_ms:.2f} | {step_ms / plain:.3f}x | "
-            f"{median(name, 'import_s'):.2f} | {median(name, 'first_step_s'):.2f} |"
+            f"| {name} | {step_ms(name):.2f} | {ratio(name, 'plain'):.3f}x | "
+            f"{one_time(name, 'import_s'):.2f} | {one_time(name, 'first_step_s'):.2f} |"
         )
     checks = {
         "ours_norm / plain": ("ours_norm", "plain", 1.15),
@@ -156,9 +214,9 @@ def main() -> None:
     }
     lines += ["", "| check | measured | limit | ok |", "|---|---:|---:|---|"]
     for check, (numerator, denominator, limit) in checks.items():
-        ratio = median(numerator, "median_step_ms") / median(denominator, "median_step_ms")
+        measured = ratio(numerator, denominator)
         lines.append(
-            f"| {check} | {ratio:.3f} | {limit:.2f} | {'yes' if ratio <= limit else 'NO'} |"
+            f"| {check} | {measured:.3f} | {limit:.2f} | {'yes' if measured <= limit else 'NO'} |"
         )
     section = "\n".join(lines) + "\n"
     print(section)
