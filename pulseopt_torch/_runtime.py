@@ -40,6 +40,36 @@ restart_episode_at = jax.jit(core.restart_episode_at, static_argnums=0, donate_a
 guard_check = jax.jit(core.guard_check, static_argnums=0)
 
 
+@functools.partial(jax.jit, static_argnums=0, static_argnames="with_norms", donate_argnums=1)
+def record_steps(
+    config: core.AEESConfig,
+    state: core.AEESState,
+    losses: jax.Array,
+    norms: jax.Array,
+    skips: jax.Array,
+    count: jax.Array,
+    *,
+    with_norms: bool,
+) -> core.AEESState:
+    """`core.record_step` over the first ``count`` entries of buffered steps, in order.
+
+    One call replaces ``count`` calls (each a dispatch of the whole state), so
+    a wrapper that needs nothing from the core between episode boundaries can
+    buffer its steps on the host. The buffers have a fixed length, so one
+    compilation serves every ``count``; ``norms`` is ignored without ``with_norms``.
+    """
+
+    def one(index: jax.Array, current: core.AEESState) -> core.AEESState:
+        norm = norms[index] if with_norms else None
+        recorded: core.AEESState = core.record_step(
+            config, current, losses[index], norm, skip=skips[index]
+        )
+        return recorded
+
+    updated: core.AEESState = jax.lax.fori_loop(0, count, one, state)
+    return updated
+
+
 @functools.cache
 def cpu_device() -> jax.Device:
     """JAX's first CPU device, after keeping JAX off accelerators if nobody chose."""

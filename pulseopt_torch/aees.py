@@ -8,8 +8,12 @@ core runs on JAX's CPU device in float64 (see `pulseopt_torch._runtime`).
 A host-side mirror of the episode counters tells the wrapper when an episode
 closes, because that happens exactly when the number of recorded steps reaches
 ``episode_length``. So the core's state is read back to the host once per
-episode (the new arms and the closed episode's log entry); every other step
-only dispatches `core.record_step` asynchronously.
+episode (the new arms and the closed episode's log entry). Between those
+reads nothing needs the core, so without the spike guard each step's loss and
+update norm are buffered on the host and handed to the core in one call
+(`_runtime.record_steps`, the same `core.record_step` applied in order) when
+the state is next read or the buffer is full. With the guard, each step's
+rollback decision needs the core, so every step is recorded at once.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from pulseopt_torch.candidate import CandidateConfig
 # The core counts steps in int32.
 _MAX_GLOBAL_STEP = 2**31 - 1
 _STATE_DICT_VERSION = 1
+# Steps buffered on the host before the core must take them (see the module docstring).
+_PENDING_CAPACITY = 128
 
 
 class AEES:
@@ -202,6 +208,8 @@ class AEES:
         self._norm_tracker = UpdateNormTracker() if track_update_norm else None
         self._snapshot = Snapshot() if config.guard else None
 
+        self._pending: list[tuple[float, float, bool]] = []
+        self._applied_state: core.AEESState
         with _runtime.on_cpu_in_float64():
             self._state = core.init(self._core_config, self._seed)
         # Host mirror of the core's counters; see the module docstring.
@@ -482,18 +490,54 @@ class AEES:
         self._episode_candidate = None
         return True, 0.0
 
+    @property
+    def _state(self) -> core.AEESState:
+        """The core's state with every buffered step recorded."""
+        self._flush()
+        return self._applied_state
+
+    @_state.setter
+    def _state(self, state: core.AEESState) -> None:
+        self._applied_state = state
+        self._pending = []
+
+    def _flush(self) -> None:
+        """Hand the buffered steps to the core, in one call."""
+        if not self._pending:
+            return
+        losses, norms, skips = zip(*self._pending, strict=True)
+        padding = _PENDING_CAPACITY - len(self._pending)
+        with _runtime.on_cpu_in_float64():
+            self._applied_state = _runtime.record_steps(
+                self._core_config,
+                self._applied_state,
+                np.array(losses + (0.0,) * padding, np.float64),
+                np.array(norms + (0.0,) * padding, np.float64),
+                np.array(skips + (True,) * padding, bool),
+                np.int32(len(self._pending)),
+                with_norms=self._norm_tracker is not None,
+            )
+        self._pending = []
+
     def _record(
         self, loss: float, update_norm: float | None, *, skip: bool, displacement: float = 0.0
     ) -> None:
-        with _runtime.on_cpu_in_float64():
-            self._state = _runtime.record_step(
-                self._core_config,
-                self._state,
-                loss,
-                update_norm,
-                skip=skip,
-                displacement_norm=displacement if self._config.growth else None,
-            )
+        if self._config.guard:
+            with _runtime.on_cpu_in_float64():
+                self._state = _runtime.record_step(
+                    self._core_config,
+                    self._state,
+                    loss,
+                    update_norm,
+                    skip=skip,
+                    displacement_norm=displacement if self._config.growth else None,
+                )
+        else:
+            # A skipped step's norm is ignored by the core, whatever its value.
+            norm = 0.0 if update_norm is None else update_norm
+            self._pending.append((loss, norm, skip))
+            if len(self._pending) == _PENDING_CAPACITY:
+                self._flush()
         # Mirror the core's rule: a skipped step or a non-finite value is not counted.
         if skip or (update_norm is not None and not math.isfinite(update_norm)):
             return
