@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
 # Only lint the source folders that actually exist in the checkout.
-LINT_DIRS := $(wildcard pulseopt_core pulseopt_optax pulseopt_torch tests benchmarks examples)
+LINT_DIRS := $(wildcard pulseopt_core pulseopt_optax pulseopt_torch tests benchmarks examples notebooks)
 
 .DEFAULT_GOAL := test
 .PHONY: venv lint typecheck test demo bench clean
