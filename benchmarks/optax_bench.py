@@ -12,7 +12,7 @@ Variants:
   adamw            plain ``optax.adamw``.
   forced_minimum   adamw plus only the work the AEES contract forces on every
                    step: the non-finite guard (gradients and loss) with its
-                   skip selects, the update-norm reduction and the LR
+                   skip conditional, the update-norm reduction and the LR
                    multiplier. The floor any implementation pays.
   forced_minimum_no_norm   the same without the update-norm reduction: the
                    floor of ``track_update_norm=False``.

@@ -15,14 +15,15 @@ Two generators draw the standard normals:
   normal, with ``erfinv`` evaluated by Giles' single-precision polynomials.
   Their one logarithm is taken from the float's exponent plus a degree-7
   polynomial in its mantissa (absolute error below 3e-7, about a tenth cheaper
-  than the general-purpose ``log``, whose special cases never arise here). ``i`` is the
-  element's row-major index, built from per-axis iotas, so every device
-  computes exactly the elements of its own shard: the noise follows the
-  leaf's sharding, needs no communication, and does not depend on how the
+  than the general-purpose ``log``, whose special cases never arise here).
+  ``i`` is the element's row-major index, built from per-axis iotas, so every
+  device computes exactly the elements of its own shard: the noise follows
+  the leaf's sharding, needs no communication, and does not depend on how the
   leaf is sharded.
 * ``"threefry"``: ``jax.random.normal`` with a key split per leaf, JAX's
-  default sampler (threefry for keys made by ``jax.random.key``). Statistically the reference choice, and about
-  ten times slower than an adamw update on CPU.
+  default sampler (threefry for keys made by ``jax.random.key``).
+  Statistically the reference choice, and about ten times slower than an
+  adamw update on CPU.
 
 References:
   Giles, "Approximating the erfinv function", GPU Computing Gems (2011).
