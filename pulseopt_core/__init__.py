@@ -29,6 +29,7 @@ from pulseopt_core.episode import (
     init,
     make_key,
     noise_key,
+    record_eval,
     record_step,
     restart_episode_at,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "loss_trend",
     "make_key",
     "noise_key",
+    "record_eval",
     "record_step",
     "require_update_norms",
     "restart_episode_at",

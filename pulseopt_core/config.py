@@ -10,7 +10,7 @@ import dataclasses
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 CONTROL_MODES = ("adaptive", "random")
 STRUCTURED_CONTROL_MODES = ("independent", "conditional")
@@ -120,7 +120,11 @@ class AEESConfig:
       guard_backoff: factor applied to the LR scale on every rollback, in (0, 1).
       guard_max_consecutive: rollbacks allowed without a clean episode in
         between; past it the guard stands down until an episode closes cleanly.
-      guard_warmup_steps: recorded steps before the guard may fire.
+      guard_warmup_steps: steps during which a spike is judged against the
+        larger of the slow EMA and the starting loss (the slow EMA settles).
+      guard_spike_floor: a spike must also exceed the reference by this
+        fraction of the starting loss (>= 0), so the jumpy minibatch values of
+        a near-zero training loss do not count as spikes.
       growth: let the LR scale grow while steps are too timid (needs ``guard``,
         whose snapshots it measures from, and the update norms). At every
         episode boundary the adapter reports how far the parameters moved since
@@ -136,6 +140,16 @@ class AEESConfig:
         timid, in (0, 1).
       growth_factor: factor applied to the LR scale on growth (> 1).
       growth_patience: consecutive timid episodes needed before each growth.
+      growth_fit_fraction: once the slow loss EMA falls below this fraction of
+        the starting loss (a positive one), the run counts as fitted: nothing
+        grows and a scale above 1 drops back to 1, in [0, 1).
+      eval_patience: with ``guard``, evals in a row that are not a new best
+        before the LR scale is cut by ``guard_backoff`` (a held-out loss is
+        optional; adapters take it as ``eval_value`` / ``observe_eval``).
+      eval_min_delta: relative improvement an eval needs to count as a new
+        best, >= 0.
+      restore_best: adapters keep a copy of the parameters at the best eval
+        loss and restore it at ``finalize`` (one more copy of the parameters).
     """
 
     lr_candidates: tuple[float, ...] = (1.0,)
@@ -168,10 +182,15 @@ class AEESConfig:
     guard_backoff: float = 0.5
     guard_max_consecutive: int = 3
     guard_warmup_steps: int = 20
+    guard_spike_floor: float = 0.05
     growth: bool = False
     growth_threshold: float = 0.5
     growth_factor: float = 2.0
     growth_patience: int = 1
+    growth_fit_fraction: float = 0.02
+    eval_patience: int = 2
+    eval_min_delta: float = 1e-3
+    restore_best: bool = False
 
     def __post_init__(self) -> None:
         fields = {
@@ -195,8 +214,9 @@ class AEESConfig:
             ),
             "guard_warmup_steps": _integer("guard_warmup_steps", self.guard_warmup_steps, 0),
             "growth_patience": _integer("growth_patience", self.growth_patience, 1),
+            "eval_patience": _integer("eval_patience", self.eval_patience, 1),
         }
-        for flag in ("guard", "growth"):
+        for flag in ("guard", "growth", "restore_best"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}.")
         if self.growth and not self.guard:
@@ -220,6 +240,9 @@ class AEESConfig:
                 "guard_backoff",
                 "growth_threshold",
                 "growth_factor",
+                "guard_spike_floor",
+                "growth_fit_fraction",
+                "eval_min_delta",
             )
         }
         if reals["context_trend_epsilon"] < 0.0:
@@ -252,6 +275,12 @@ class AEESConfig:
             raise ValueError("growth_threshold must be in the interval (0, 1).")
         if not 1.0 < reals["growth_factor"] < math.inf:
             raise ValueError("growth_factor must be finite and > 1.")
+        if not 0.0 <= reals["guard_spike_floor"] < math.inf:
+            raise ValueError("guard_spike_floor must be finite and >= 0.")
+        if not 0.0 <= reals["growth_fit_fraction"] < 1.0:
+            raise ValueError("growth_fit_fraction must be in the interval [0, 1).")
+        if not 0.0 <= reals["eval_min_delta"] < 1.0:
+            raise ValueError("eval_min_delta must be in the interval [0, 1).")
         fields.update(reals)
 
         total = self.total_training_steps
@@ -326,13 +355,20 @@ def require_update_norms(config: AEESConfig, track_update_norm: bool) -> None:
         )
 
 
-def apply_preset(config: AEESConfig, preset: str | None) -> AEESConfig:
+def apply_preset(
+    config: AEESConfig, preset: str | None, explicit: Collection[str] | None = None
+) -> AEESConfig:
     """``config`` with the knobs of a named preset filled in (``None`` changes nothing).
 
-    A preset only sets knobs that ``config`` leaves at their defaults, so an
-    explicit setting wins: ``preset="robust"`` with ``max_lr_scale=16`` caps
-    growth at 16. (To drop a preset's feature, set its knobs without the preset,
-    e.g. ``guard=True`` alone for the guard without growth.)
+    A preset only sets knobs the caller did not give, so an explicit setting
+    wins, also one equal to the default: ``preset="robust", growth=False`` is
+    the guard without growth, ``max_lr_scale=16`` caps growth at 16.
+
+    Args:
+      config: the configuration built from the caller's knobs.
+      preset: ``None`` or a name in `PRESETS`.
+      explicit: the names of the knobs the caller gave. ``None`` treats every
+        knob still at its default as not given.
 
     Raises:
       ValueError: if ``preset`` is not a known preset name.
@@ -341,10 +377,10 @@ def apply_preset(config: AEESConfig, preset: str | None) -> AEESConfig:
         return config
     if preset not in PRESETS:
         raise ValueError(f"preset must be None or one of {sorted(PRESETS)}, got {preset!r}.")
-    defaults = AEESConfig()
-    changes = {
-        name: value
-        for name, value in PRESETS[preset].items()
-        if getattr(config, name) == getattr(defaults, name)
-    }
+    if explicit is None:
+        defaults = AEESConfig()
+        explicit = {
+            name for name in PRESETS[preset] if getattr(config, name) != getattr(defaults, name)
+        }
+    changes = {name: value for name, value in PRESETS[preset].items() if name not in explicit}
     return config.replace(**changes)

@@ -19,14 +19,13 @@ import secrets
 import jax
 import jax.numpy as jnp
 
-from pulseopt_core import bandit, context, reward
+from pulseopt_core import bandit, context, guard, reward
 from pulseopt_core.config import AEESConfig
 from pulseopt_core.state import (
     AEESState,
     Candidate,
     EpisodeLog,
     GuardDecision,
-    GuardState,
     OpenEpisode,
 )
 
@@ -180,22 +179,7 @@ def _init(config: AEESConfig, key: jax.Array) -> AEESState:
         skipped_steps=int_zero,
         unscored_episodes=int_zero,
         episode_log=_empty_log(config),
-        guard=GuardState(
-            lr_scale=jnp.ones((), dtype),
-            guard_fast_loss=jnp.zeros((), dtype),
-            guard_slow_loss=jnp.zeros((), dtype),
-            guard_steps=int_zero,
-            snapshot_loss=jnp.zeros((), dtype),
-            has_snapshot=jnp.zeros((), bool),
-            consecutive_rollbacks=int_zero,
-            total_rollbacks=int_zero,
-            take_snapshot=jnp.zeros((), bool),
-            rolled_back=jnp.zeros((), bool),
-            path_since_snapshot=jnp.zeros((), dtype),
-            straightness=jnp.full((), jnp.nan, dtype),
-            timid_streak=int_zero,
-            lr_ceiling=jnp.asarray(config.max_lr_scale, dtype),
-        ),
+        guard=guard.initial_guard(config),
     )
     return state._replace(episode=_open_episode(config, state))
 
@@ -220,20 +204,7 @@ def _next_episode(config: AEESConfig, state: AEESState, cut: jax.Array | bool) -
     """Commit the finished episode's LR scale (cut on a rollback) and open the next episode."""
     lr_arm, _ = _selected_values(config, state.episode.lr_index, state.episode.noise_index)
     scale = _episode_scale(config, state.guard.lr_scale, lr_arm)
-    guard = state.guard
-    if config.guard:
-        cut = jnp.asarray(cut, bool)
-        cut_scale = jnp.maximum(scale * config.guard_backoff, config.min_lr_scale)
-        if config.growth:
-            grow = ~cut & (guard.timid_streak >= config.growth_patience)
-            grown = jnp.minimum(scale * config.growth_factor, guard.lr_ceiling)
-            guard = guard._replace(
-                timid_streak=jnp.where(cut | grow, 0, guard.timid_streak),
-                lr_ceiling=jnp.where(cut, cut_scale, guard.lr_ceiling),
-            )
-            scale = jnp.where(grow, jnp.maximum(grown, scale), scale)
-        scale = jnp.where(cut, cut_scale, scale)
-    committed = state._replace(guard=guard._replace(lr_scale=scale))
+    committed = state._replace(guard=guard.boundary_scale(config, state.guard, scale, cut))
     return committed._replace(episode=_open_episode(config, committed))
 
 
@@ -319,27 +290,20 @@ def _close_episode(
     return _next_episode(config, closed, cut)
 
 
-def _guard_averages(
-    config: AEESConfig, guard: GuardState, loss: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """The fast and slow loss EMAs with ``loss`` folded in (both start at the first loss)."""
-    first = guard.guard_steps == 0
-    fast = config.guard_fast_alpha * loss + (1.0 - config.guard_fast_alpha) * guard.guard_fast_loss
-    slow = config.guard_slow_alpha * loss + (1.0 - config.guard_slow_alpha) * guard.guard_slow_loss
-    return jnp.where(first, loss, fast), jnp.where(first, loss, slow)
-
-
 @jax.jit(static_argnums=0)
 def guard_check(config: AEESConfig, state: AEESState, loss: jax.Array | float) -> GuardDecision:
     """What the spike guard asks of the adapter for a step whose loss is ``loss``.
 
-    A step spikes when its loss is not finite, or (after ``guard_warmup_steps``)
-    when the fast loss EMA exceeds ``guard_spike_ratio`` times the slow one. A
-    spike rolls back when a snapshot exists and fewer than
-    ``guard_max_consecutive`` rollbacks happened since the last clean episode.
-    A sound step snapshots the parameters it starts from when none is held yet
-    or when it closes its episode. `record_step` applies the same decision to
-    the state; adapters call this first to know what to do with the step.
+    A step spikes when its loss is not finite, or when the fast loss EMA
+    exceeds ``guard_spike_ratio`` times the slow one (during the first
+    ``guard_warmup_steps`` steps: the larger of the slow one and the starting
+    loss) plus ``guard_spike_floor`` times the starting loss. A spike rolls
+    back when a snapshot exists and fewer than ``guard_max_consecutive``
+    rollbacks happened since the last clean episode. A sound step snapshots the
+    parameters it starts from when none is held yet (the first step: the
+    starting point) or when it closes its episode. `record_step` applies the
+    same decision to the state; adapters call this first to know what to do
+    with the step.
 
     Returns:
       A `GuardDecision`; both flags are always false without ``config.guard``.
@@ -347,50 +311,9 @@ def guard_check(config: AEESConfig, state: AEESState, loss: jax.Array | float) -
     false = jnp.zeros((), bool)
     if not config.guard:
         return GuardDecision(rollback=false, take_snapshot=false)
-    guard = state.guard
     loss = jnp.asarray(loss).astype(bandit.float_dtype())
-    finite = jnp.isfinite(loss)
-    fast, slow = _guard_averages(config, guard, jnp.where(finite, loss, guard.guard_slow_loss))
-    warm = guard.guard_steps >= config.guard_warmup_steps
-    spike = ~finite | (warm & (fast > config.guard_spike_ratio * slow))
-    armed = guard.has_snapshot & (guard.consecutive_rollbacks < config.guard_max_consecutive)
     closes = state.episode.episode_steps + 1 >= config.episode_length
-    return GuardDecision(
-        rollback=spike & armed,
-        take_snapshot=~spike & (~guard.has_snapshot | closes),
-    )
-
-
-def _measure_straightness(
-    config: AEESConfig,
-    guard: GuardState,
-    taken: jax.Array,
-    norm: jax.Array,
-    displacement_norm: jax.Array | float | None,
-) -> GuardState:
-    """Score the segment a new snapshot ends: distance moved over path length.
-
-    The path is the sum of the update norms recorded since the previous
-    snapshot; this step's own update belongs to the segment the new snapshot
-    starts. A measured segment extends or resets the run of timid episodes.
-    """
-    dtype = norm.dtype
-    path = guard.path_since_snapshot
-    distance = (
-        jnp.zeros((), dtype)
-        if displacement_norm is None
-        else jnp.asarray(displacement_norm).astype(dtype)
-    )
-    measured = taken & guard.has_snapshot & (path > 0.0) & jnp.isfinite(distance)
-    straightness = jnp.where(measured, distance / jnp.where(path > 0.0, path, 1.0), jnp.nan)
-    timid = measured & (straightness > config.growth_threshold)
-    return guard._replace(
-        path_since_snapshot=jnp.where(taken, norm, path + norm),
-        straightness=jnp.where(measured, straightness, guard.straightness),
-        timid_streak=jnp.where(
-            measured, jnp.where(timid, guard.timid_streak + 1, 0), guard.timid_streak
-        ),
-    )
+    return guard.check(config, state.guard, loss, closes)
 
 
 def _roll_back(config: AEESConfig, state: AEESState) -> AEESState:
@@ -402,18 +325,7 @@ def _roll_back(config: AEESConfig, state: AEESState) -> AEESState:
         lambda s: _next_episode(config, s, cut=True),
         moved,
     )
-    guard = moved.guard
-    return moved._replace(
-        guard=guard._replace(
-            guard_fast_loss=guard.snapshot_loss,
-            guard_slow_loss=guard.snapshot_loss,
-            consecutive_rollbacks=guard.consecutive_rollbacks + 1,
-            total_rollbacks=guard.total_rollbacks + 1,
-            take_snapshot=jnp.zeros((), bool),
-            rolled_back=jnp.ones((), bool),
-            path_since_snapshot=jnp.zeros_like(guard.path_since_snapshot),
-        )
-    )
+    return moved._replace(guard=guard.after_rollback(moved.guard))
 
 
 @jax.jit(static_argnums=0)
@@ -489,23 +401,12 @@ def record_step(
     )
     if config.guard:
         decision = guard_check(config, state, loss)
-        fast, slow = _guard_averages(config, state.guard, safe_loss)
-        taken = decision.take_snapshot
-        guard = state.guard
-        if config.growth:
-            guard = _measure_straightness(config, guard, taken, safe_norm, displacement_norm)
-        stepped = guard._replace(
-            guard_fast_loss=fast,
-            guard_slow_loss=slow,
-            guard_steps=guard.guard_steps + 1,
-            snapshot_loss=jnp.where(taken, slow, guard.snapshot_loss),
-            has_snapshot=guard.has_snapshot | taken,
-            consecutive_rollbacks=jnp.where(closes, 0, guard.consecutive_rollbacks),
-            take_snapshot=taken,
+        stepped = guard.stepped(
+            config, state.guard, safe_loss, safe_norm, decision, closes, displacement_norm
         )
         moved = moved._replace(
             guard=pick(stepped, state.guard)._replace(
-                take_snapshot=valid & taken, rolled_back=quiet
+                take_snapshot=valid & decision.take_snapshot, rolled_back=quiet
             )
         )
     recorded = jax.lax.cond(closes, lambda s: _close_episode(config, s), lambda s: s, moved)
@@ -540,3 +441,26 @@ def restart_episode_at(
     return jax.tree.map(
         lambda a, b: jnp.where(state.episode.episode_steps == 0, a, b), fresh, moved
     )
+
+
+@jax.jit(static_argnums=0)
+def record_eval(config: AEESConfig, state: AEESState, eval_loss: jax.Array | float) -> AEESState:
+    """Hand AEES a held-out (validation) loss measured at the current parameters.
+
+    Optional, at any cadence; a NaN (no eval at this step) changes nothing. The
+    best value is tracked, and ``state.guard.eval_improved`` tells an adapter
+    with ``restore_best`` to copy the parameters. With ``config.guard`` (the
+    robust preset) the eval loss also steers the LR scale: growth needs the
+    latest eval to be a new best, and ``eval_patience`` evals in a row without
+    one cut the scale by ``guard_backoff`` from the next episode on.
+
+    Args:
+      config: the AEES configuration (static under jit).
+      state: the current state.
+      eval_loss: a scalar held-out loss, or NaN when there is none.
+
+    Returns:
+      The new state.
+    """
+    eval_loss = jnp.asarray(eval_loss).astype(bandit.float_dtype()).reshape(())
+    return state._replace(guard=guard.observe_eval(config, state.guard, eval_loss))

@@ -121,6 +121,7 @@ class GuardState(NamedTuple):
       lr_scale: ``f[]`` running scale on the LR arm (guard cuts, relative moves).
       guard_fast_loss: ``f[]`` fast EMA of the recorded losses.
       guard_slow_loss: ``f[]`` slow EMA of the recorded losses.
+      guard_first_loss: ``f[]`` the first recorded loss (the run's starting level).
       guard_steps: ``i32[]`` losses folded into the EMAs.
       snapshot_loss: ``f[]`` slow EMA when the snapshot was taken (the EMAs
         restart there after a rollback).
@@ -138,12 +139,19 @@ class GuardState(NamedTuple):
       timid_streak: ``i32[]`` consecutive episodes whose straightness passed
         ``growth_threshold`` since the last growth or cut.
       lr_ceiling: ``f[]`` growth never takes the LR scale above this: starts at
-        ``max_lr_scale``, set to the cut scale by every rollback.
+        ``max_lr_scale``, set to the cut scale by every rollback or eval cut.
+      eval_best_loss: ``f[]`` the best held-out loss handed in (inf before any).
+      eval_stale: ``i32[]`` evals in a row that were not a new best.
+      eval_count: ``i32[]`` finite held-out losses handed in.
+      eval_improved: ``bool[]`` the latest eval was a new best (an adapter with
+        ``restore_best`` copies the parameters then).
+      eval_cuts: ``i32[]`` LR-scale cuts made because the eval loss stalled.
     """
 
     lr_scale: jax.Array
     guard_fast_loss: jax.Array
     guard_slow_loss: jax.Array
+    guard_first_loss: jax.Array
     guard_steps: jax.Array
     snapshot_loss: jax.Array
     has_snapshot: jax.Array
@@ -155,6 +163,11 @@ class GuardState(NamedTuple):
     straightness: jax.Array
     timid_streak: jax.Array
     lr_ceiling: jax.Array
+    eval_best_loss: jax.Array
+    eval_stale: jax.Array
+    eval_count: jax.Array
+    eval_improved: jax.Array
+    eval_cuts: jax.Array
 
 
 class GuardDecision(NamedTuple):

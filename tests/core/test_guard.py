@@ -50,8 +50,13 @@ def test_a_non_finite_loss_before_any_snapshot_is_skipped() -> None:
     assert int(state.skipped_steps) == 1
 
 
-def test_no_spike_fires_during_warmup() -> None:
+def test_during_warmup_a_spike_is_judged_against_the_starting_loss() -> None:
     _, decisions = _run(CONFIG, [1.0, 1.0, 9.0])
+    assert [rollback for rollback, _ in decisions] == [False, False, True]
+
+
+def test_a_loss_falling_from_its_start_does_not_spike_during_warmup() -> None:
+    _, decisions = _run(CONFIG, [2.0, 0.5, 1.5, 1.0])
     assert not any(rollback for rollback, _ in decisions)
 
 
