@@ -54,12 +54,28 @@ class GradientNoise:
         """Every generator's state, keyed ``"<device>:<group>:<param>"``."""
         return {name: generator.get_state() for name, generator in self._generators.items()}
 
-    def load_state_dict(self, states: Mapping[str, torch.Tensor]) -> None:
-        """Recreate the generators saved by `state_dict`."""
-        generators = {}
+    @classmethod
+    def from_state_dict(cls, seed: int, states: object) -> GradientNoise:
+        """A `GradientNoise` with the generators saved by `state_dict`.
+
+        Raises:
+          ValueError: if ``states`` is not a dict of ``"<device>:<group>:<param>"``
+            names to generator states that fit this build of PyTorch.
+        """
+        where = "state_dict entry 'noise_generators'"
+        if not isinstance(states, Mapping):
+            raise ValueError(f"{where} must be a dict, got {type(states).__name__}.")
+        noise = cls(seed)
         for name, state in states.items():
-            device = name.rsplit(":", 2)[0]
-            generator = torch.Generator(device=device)
-            generator.set_state(state)
-            generators[name] = generator
-        self._generators = generators
+            parts = name.rsplit(":", 2) if isinstance(name, str) else []
+            if len(parts) != 3 or not all(part.isdigit() for part in parts[1:]):
+                raise ValueError(f"{where} has a malformed name {name!r}.")
+            if not isinstance(state, torch.Tensor):
+                raise ValueError(f"{where} {name!r} must be a tensor.")
+            try:
+                generator = torch.Generator(device=parts[0])
+                generator.set_state(state)
+            except (RuntimeError, TypeError, ValueError) as error:
+                raise ValueError(f"{where} {name!r} cannot be restored: {error}") from None
+            noise._generators[name] = generator
+        return noise

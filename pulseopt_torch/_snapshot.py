@@ -1,111 +1,256 @@
 """The spike guard's snapshot: one copy of the parameters and of the optimizer's state.
 
-Buffers are allocated on the first snapshot and reused by every later one, so
-the guard costs one parameter-sized copy (plus one of the optimizer's state)
-for the whole run; a rollback copies everything back in place.
+Every buffer is allocated early and reused by every snapshot: the parameter
+copies when the snapshot first follows the optimizer's parameters (the first
+guarded step), the optimizer-state copies right after the first optimizer step
+that creates that state (`reserve_state`). So an out-of-memory error comes at
+the start of a run, never at its first episode boundary, and the guard costs
+one parameter-sized copy plus one of the optimizer's state for the whole run.
+A rollback copies everything back in place.
+
+Parameters added with ``optimizer.add_param_group`` after construction join
+the snapshot (`follow_params`) with the values and state they have when the
+wrapper first sees them, so a rollback restores them too.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-
-from pulseopt_torch._update_norm import combined_norm
 
 
 class Snapshot:
     """Parameters and optimizer state at the last sound episode boundary."""
 
-    def __init__(self) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer = optimizer
+        # Number of parameters in each param group when last followed.
+        self._layout: tuple[int, ...] | None = None
         self._params: list[torch.Tensor] = []
         self._saved_params: list[torch.Tensor] = []
+        # What the snapshot holds for each parameter's optimizer state; its
+        # tensors are the ones in `_state_buffers`.
         self._saved_state: list[dict[str, Any]] = []
+        self._state_buffers: list[dict[str, torch.Tensor]] = []
+        self._reserved_for = -1
+        self._holds = False
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """The parameters the snapshot covers, in optimizer order."""
+        return self._params
+
+    @property
+    def saved_params(self) -> list[torch.Tensor]:
+        """The snapshot's copy of `params` (meaningful once `holds`)."""
+        return self._saved_params
+
+    @property
+    def holds(self) -> bool:
+        """Whether a snapshot was taken (or loaded)."""
+        return self._holds
 
     @torch.no_grad()
-    def take(self, optimizer: torch.optim.Optimizer, *, measure: bool = False) -> float | None:
-        """Copy the current parameters and optimizer state into the snapshot.
+    def follow_params(self) -> None:
+        """Cover the optimizer's parameters, allocating copies for any not covered yet.
 
-        Returns:
-          With ``measure``, the L2 distance between the current parameters and
-          the previous snapshot (``None`` when there was none); else ``None``.
+        Cheap when nothing changed (one length per param group is compared).
+        A parameter seen for the first time enters with its present value and
+        optimizer state, so a rollback before the next snapshot restores it
+        to where it joined.
         """
-        params = _params_of(optimizer)
-        moved = None
-        fresh = len(params) != len(self._params) or any(
-            new is not old for new, old in zip(params, self._params, strict=True)
-        )
-        if measure and not fresh and self._saved_params:
-            moved = _distance(params, self._saved_params)
-        if fresh:
-            self._params = params
-            self._saved_params = [torch.empty_like(p) for p in params]
-            self._saved_state = [{} for _ in params]
-        torch._foreach_copy_(self._saved_params, [p.detach() for p in params])
-        self._saved_state = [
-            _copy_into(saved, optimizer.state.get(param, {}))
-            for param, saved in zip(params, self._saved_state, strict=True)
-        ]
-        return moved
+        layout = tuple(len(group["params"]) for group in self._optimizer.param_groups)
+        if layout == self._layout:
+            return
+        known = {id(param): index for index, param in enumerate(self._params)}
+        params = _params_of(self._optimizer)
+        saved_params: list[torch.Tensor] = []
+        saved_state: list[dict[str, Any]] = []
+        state_buffers: list[dict[str, torch.Tensor]] = []
+        for param in params:
+            index = known.get(id(param))
+            if index is not None:
+                saved_params.append(self._saved_params[index])
+                saved_state.append(self._saved_state[index])
+                state_buffers.append(self._state_buffers[index])
+                continue
+            buffers: dict[str, torch.Tensor] = {}
+            saved_params.append(param.detach().clone())
+            saved_state.append(_copy_into(buffers, self._optimizer.state.get(param, {})))
+            state_buffers.append(buffers)
+        self._params = params
+        self._saved_params = saved_params
+        self._saved_state = saved_state
+        self._state_buffers = state_buffers
+        self._layout = layout
+        self._reserved_for = -1
 
     @torch.no_grad()
-    def restore(self, optimizer: torch.optim.Optimizer) -> None:
+    def reserve_state(self) -> None:
+        """Allocate copies of every optimizer-state tensor that has none yet.
+
+        Call after each optimizer step: optimizers create their state lazily,
+        on their first step. Cheap when the optimizer holds state for as many
+        parameters as at the last call.
+        """
+        state = self._optimizer.state
+        if len(state) == self._reserved_for:
+            return
+        for param, buffers in zip(self._params, self._state_buffers, strict=True):
+            for name, value in state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and not _fits(buffers.get(name), value):
+                    # Zeros, not `empty_like`: writing commits the memory now, so a
+                    # host that overcommits cannot fail at the first snapshot instead.
+                    buffers[name] = torch.zeros_like(value)
+        self._reserved_for = len(state)
+
+    @torch.no_grad()
+    def take(self) -> None:
+        """Copy the current parameters and optimizer state into the snapshot."""
+        self.follow_params()
+        torch._foreach_copy_(self._saved_params, [p.detach() for p in self._params])
+        state = self._optimizer.state
+        self._saved_state = [
+            _copy_into(buffers, state.get(param, {}))
+            for param, buffers in zip(self._params, self._state_buffers, strict=True)
+        ]
+        self._holds = True
+
+    @torch.no_grad()
+    def restore(self) -> None:
         """Copy the snapshot back into the parameters and the optimizer state, in place."""
         torch._foreach_copy_([p.detach() for p in self._params], self._saved_params)
+        state = self._optimizer.state
         for param, saved in zip(self._params, self._saved_state, strict=True):
             if saved:
-                optimizer.state[param] = _copy_into(optimizer.state.get(param, {}), saved)
+                target = state.get(param, {})
+                state[param] = _copy_into(dict(target), saved)
             else:
-                optimizer.state.pop(param, None)
+                state.pop(param, None)
 
     def state_dict(self) -> dict[str, Any]:
-        """The snapshot as tensors and plain values (empty before the first snapshot)."""
-        return {"params": list(self._saved_params), "optimizer_state": list(self._saved_state)}
+        """The snapshot as tensors and plain values (no parameters before the first snapshot)."""
+        self.follow_params()
+        held = self._holds
+        return {
+            "optimizer": _optimizer_name(self._optimizer),
+            "params": list(self._saved_params) if held else [],
+            "optimizer_state": [dict(saved) for saved in self._saved_state] if held else [],
+        }
 
-    def load_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        """Restore a snapshot saved by `state_dict` for the same optimizer."""
-        saved = state["params"]
-        params = _params_of(optimizer) if saved else []
-        if len(saved) != len(params) or any(
-            s.shape != p.shape for s, p in zip(saved, params, strict=True)
+    @classmethod
+    def from_state_dict(cls, optimizer: torch.optim.Optimizer, state: object) -> Snapshot:
+        """A snapshot of ``optimizer`` rebuilt from `state_dict`, checked entry by entry.
+
+        Raises:
+          ValueError: naming what does not match: the optimizer's class, the
+            number or shapes of the parameters, or the structure of a
+            parameter's optimizer state (its entries, their shapes and dtypes).
+        """
+        where = "state_dict entry 'guard_snapshot'"
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{where} must be a dict, got {type(state).__name__}.")
+        missing = sorted({"params", "optimizer_state"} - set(state))
+        if missing:
+            raise ValueError(f"{where} lacks {', '.join(map(repr, missing))}.")
+        saved_name = state.get("optimizer")
+        ours = _optimizer_name(optimizer)
+        if saved_name is not None and saved_name != ours:
+            raise ValueError(
+                f"{where} was saved around a {saved_name}, but this AEES wraps a {ours}; "
+                "its optimizer state cannot be restored into this optimizer."
+            )
+        saved_params, saved_state = state["params"], state["optimizer_state"]
+        if not isinstance(saved_params, list) or not isinstance(saved_state, list):
+            raise ValueError(f"{where} must hold lists under 'params' and 'optimizer_state'.")
+        snapshot = cls(optimizer)
+        snapshot.follow_params()
+        if not saved_params:
+            return snapshot
+        params = snapshot._params
+        if len(saved_params) != len(params) or len(saved_state) != len(params):
+            raise ValueError(
+                f"{where} holds {len(saved_params)} parameters and {len(saved_state)} "
+                f"optimizer states, but the optimizer has {len(params)} parameters."
+            )
+        for index, (param, saved, entry) in enumerate(
+            zip(params, saved_params, saved_state, strict=True)
         ):
-            raise ValueError("state_dict entry 'guard_snapshot' does not match this optimizer.")
-        self._params = params
-        self._saved_params = [s.to(p.device, p.dtype) for s, p in zip(saved, params, strict=True)]
-        self._saved_state = [dict(entry) for entry in state["optimizer_state"]] if saved else []
+            if not isinstance(saved, torch.Tensor) or saved.shape != param.shape:
+                found = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved)
+                raise ValueError(
+                    f"{where} parameter {index} is {found}, but the optimizer's has shape "
+                    f"{tuple(param.shape)}."
+                )
+            _check_state_entry(where, index, entry, optimizer.state.get(param, {}))
+        for index, (param, saved, entry) in enumerate(
+            zip(params, saved_params, saved_state, strict=True)
+        ):
+            snapshot._saved_params[index].copy_(saved.to(param.device))
+            buffers = snapshot._state_buffers[index]
+            snapshot._saved_state[index] = _copy_into(buffers, entry)
+        snapshot._holds = True
+        return snapshot
 
 
-def _distance(params: list[torch.Tensor], saved: list[torch.Tensor]) -> float:
-    """L2 distance between two lists of tensors (one difference at a time, norms in float64)."""
-    return combined_norm(
-        [
-            torch.linalg.vector_norm(p.detach() - s, dtype=torch.float64)
-            for p, s in zip(params, saved, strict=True)
-        ]
-    )
+def _check_state_entry(where: str, index: int, entry: object, current: Mapping[str, Any]) -> None:
+    """Raise unless ``entry`` can stand for a parameter's state shaped like ``current``."""
+    if not isinstance(entry, Mapping) or not all(isinstance(name, str) for name in entry):
+        raise ValueError(f"{where} optimizer state {index} must be a dict with string keys.")
+    if not current or not entry:
+        return
+    if set(entry) != set(current):
+        raise ValueError(
+            f"{where} optimizer state {index} has entries {sorted(entry)}, but this "
+            f"optimizer's state has {sorted(current)}."
+        )
+    for name, value in current.items():
+        saved = entry[name]
+        if isinstance(value, torch.Tensor) and (
+            not isinstance(saved, torch.Tensor)
+            or saved.shape != value.shape
+            or saved.dtype != value.dtype
+        ):
+            raise ValueError(
+                f"{where} optimizer state {index} entry {name!r} does not match this "
+                "optimizer's (shape or dtype)."
+            )
+
+
+def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    kind = type(optimizer)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def _copy_into(target: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
-    """``source``'s entries, reusing ``target``'s tensors of the same shape and dtype."""
+def _fits(buffer: torch.Tensor | None, value: torch.Tensor) -> bool:
+    return (
+        buffer is not None
+        and buffer is not value
+        and buffer.shape == value.shape
+        and buffer.dtype == value.dtype
+        and buffer.device == value.device
+    )
+
+
+def _copy_into(buffers: dict[str, torch.Tensor], source: Mapping[str, Any]) -> dict[str, Any]:
+    """``source``'s entries, its tensors copied into ``buffers`` (which gains any it lacked)."""
     out: dict[str, Any] = {}
     for name, value in source.items():
         if isinstance(value, torch.Tensor):
-            buffer = target.get(name)
-            if (
-                isinstance(buffer, torch.Tensor)
-                and buffer is not value
-                and buffer.shape == value.shape
-                and buffer.dtype == value.dtype
-                and buffer.device == value.device
-            ):
+            buffer = buffers.get(name)
+            if _fits(buffer, value):
+                assert buffer is not None
                 buffer.copy_(value)
             else:
                 buffer = value.detach().clone()
+                buffers[name] = buffer
             out[name] = buffer
         else:
             out[name] = copy.deepcopy(value)

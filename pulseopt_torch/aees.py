@@ -18,12 +18,13 @@ rollback decision needs the core, so every step is recorded at once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import numbers
+import operator
 import secrets
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -33,6 +34,7 @@ import torch.distributed as dist
 import pulseopt_core as core
 from pulseopt_core.logs import empty_logs, log_entries
 from pulseopt_torch import _runtime
+from pulseopt_torch._gradients import largest_magnitude
 from pulseopt_torch._noise import GradientNoise
 from pulseopt_torch._snapshot import Snapshot
 from pulseopt_torch._update_norm import UpdateNormTracker
@@ -43,6 +45,19 @@ _MAX_GLOBAL_STEP = 2**31 - 1
 _STATE_DICT_VERSION = 1
 # Steps buffered on the host before the core must take them (see the module docstring).
 _PENDING_CAPACITY = 128
+_STATE_DICT_KEYS = (
+    "version",
+    "config",
+    "seed",
+    "core_state",
+    "logs",
+    "noise_generators",
+    "step_open",
+    "guard_snapshot",
+)
+# How `step_end` learns whether the gradients are finite: by checking them, or
+# from a caller that already knows (a GradScaler's overflow check).
+GradientStatus = Literal["check", "finite", "overflow"]
 
 
 class AEES:
@@ -111,8 +126,8 @@ class AEES:
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        lr_candidates: Sequence[float] = (1.0,),
-        noise_candidates: Sequence[float] = (0.0,),
+        lr_candidates: Iterable[float] = (1.0,),
+        noise_candidates: Iterable[float] = (0.0,),
         episode_length: int = 100,
         control_mode: str = "adaptive",
         structured_control_mode: str = "independent",
@@ -156,8 +171,8 @@ class AEES:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             config = core.AEESConfig(
-                lr_candidates=_as_tuple(lr_candidates),
-                noise_candidates=_as_tuple(noise_candidates),
+                lr_candidates=_as_candidates(lr_candidates),
+                noise_candidates=_as_candidates(noise_candidates),
                 episode_length=episode_length,
                 control_mode=control_mode,
                 structured_control_mode=structured_control_mode,
@@ -206,7 +221,7 @@ class AEES:
         self._seed = config.seed if config.seed is not None else self._shared_fresh_seed()
         self._noise = GradientNoise(self._seed)
         self._norm_tracker = UpdateNormTracker() if track_update_norm else None
-        self._snapshot = Snapshot() if config.guard else None
+        self._snapshot = Snapshot(optimizer) if config.guard else None
 
         self._pending: list[tuple[float, float, bool]] = []
         self._applied_state: core.AEESState
@@ -223,27 +238,24 @@ class AEES:
 
     # ------------------------------------------------------------------ training loop
 
-    def step_start(self, global_step: int) -> CandidateConfig:
+    def step_start(self, global_step: int | torch.Tensor) -> CandidateConfig:
         """Open a training step and return the candidate it runs with.
 
         Call once per step, before ``optimizer.zero_grad()``. ``global_step``
-        numbers the step; the first step of an episode fixes the episode's
-        start step (and its phase in ``"trend_phase"`` mode).
+        numbers the step (any integral scalar: a Python or NumPy integer, a
+        one-element integer tensor); the first step of an episode fixes the
+        episode's start step (and its phase in ``"trend_phase"`` mode).
 
         Raises:
           RuntimeError: if the previous step is still open.
-          ValueError: if ``global_step`` is not a non-negative integer.
+          ValueError: if ``global_step`` is not a non-negative integer below ``2**31``.
         """
         if self._current_candidate is not None:
             raise RuntimeError(
                 "step_start() called twice without step_end() in between; "
                 "close the open step with step_end(loss) first."
             )
-        if isinstance(global_step, bool) or not isinstance(global_step, numbers.Integral):
-            raise ValueError(f"global_step must be an integer, got {global_step!r}.")
-        if not 0 <= global_step <= _MAX_GLOBAL_STEP:
-            raise ValueError(f"global_step must be in [0, 2**31 - 1], got {global_step!r}.")
-        global_step = int(global_step)
+        global_step = _step_number(global_step)
         if self._episode_steps == 0 and global_step != self._core_step:
             with _runtime.on_cpu_in_float64():
                 self._state = _runtime.restart_episode_at(
@@ -263,24 +275,48 @@ class AEES:
         Each param group's ``lr`` is multiplied for the ``optimizer.step()`` call
         only and restored afterwards, even if the optimizer raises.
 
+        A step whose gradients hold a NaN or an infinity (while the loss is
+        finite) is never applied: neither the optimizer nor the scheduler
+        steps, nothing is recorded and the core counts it in ``skipped_steps``.
+        With the spike guard it counts as a spike, so it rolls back when a
+        snapshot is held.
+
         Args:
           loss: this step's loss (a tensor or a number), computed before the update.
 
         Raises:
           RuntimeError: if no step is open.
           ValueError: if the loss is NaN or infinite (and ``skip_nonfinite`` is
-            off). Nothing is applied and the step is closed, so the next
-            `step_start` works.
+            off), or is a tensor of more than one element. Nothing is applied
+            and the step is closed, so the next `step_start` works.
+        """
+        self._end_step(loss, "check")
+
+    def _end_step(self, loss: float | torch.Tensor, gradients: GradientStatus) -> None:
+        """`step_end`, told how to learn whether the gradients are finite.
+
+        With ``"overflow"`` (a GradScaler found an infinity in the scaled
+        gradients) the step is skipped like one with non-finite gradients,
+        except that the guard judges only the loss: an overflow is no spike.
         """
         candidate = self._current_candidate
         if candidate is None:
             raise RuntimeError(
                 "step_end() called without a preceding step_start(); open the step first."
             )
-        loss_value = self._loss_value(loss)
+        try:
+            loss_value, gradients_finite = self._checked_loss(loss, check=gradients == "check")
+        except ValueError:
+            self._current_candidate = None
+            raise
+        gradients_finite = gradients_finite and gradients != "overflow"
+        # A non-finite gradient is judged like a non-finite loss.
+        judged_loss = loss_value if gradients_finite or gradients == "overflow" else math.inf
         displacement = 0.0
         if self._snapshot is not None:
-            rolled_back, displacement = self._guard_step(loss_value)
+            rolled_back, displacement = self._guard_step(
+                judged_loss, applies=gradients_finite and math.isfinite(loss_value)
+            )
             if rolled_back:
                 return
         if not math.isfinite(loss_value):
@@ -291,6 +327,10 @@ class AEES:
                     "nothing was applied (pass skip_nonfinite=True to skip such steps)."
                 )
             self._record(loss_value, None, skip=True)
+            return
+        if not gradients_finite:
+            self._current_candidate = None
+            self._record(judged_loss, None, skip=True)
             return
 
         try:
@@ -366,19 +406,51 @@ class AEES:
             "guard_snapshot": (self._snapshot.state_dict() if self._snapshot is not None else None),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a `state_dict` taken from an AEES with the same configuration.
 
+        Every entry is checked before anything changes, so after an error the
+        wrapper is exactly as it was.
+
         Raises:
-          ValueError: if the configuration differs (naming the knobs) or the
-            entries do not match this wrapper.
+          ValueError: naming what is wrong: not a dict, a missing or mistyped
+            entry, an unsupported version, a different configuration (naming
+            the knobs), or a guard snapshot that does not fit this optimizer
+            (another optimizer class, other parameter shapes or state).
         """
-        version = state_dict.get("version")
+        loaded = self._checked_state_dict(state_dict)
+        self._state = loaded.state
+        self._seed = loaded.seed
+        self._noise = loaded.noise
+        self._logs = loaded.logs
+        if loaded.snapshot is not None:
+            self._snapshot = loaded.snapshot
+        self._logged_episodes = len(loaded.logs["episode_rewards"])
+        self._episode_steps, self._core_step, self._episodes_closed = loaded.counters
+        self._episode_candidate = None
+        self._current_candidate = None
+        if loaded.step_open:
+            self._episode_candidate = self._read_episode_candidate()
+            self._current_candidate = self._episode_candidate
+
+    def _checked_state_dict(self, state_dict: object) -> _LoadedState:
+        """Everything `load_state_dict` needs, built and checked without touching ``self``."""
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(
+                "state_dict must be a dict as returned by AEES.state_dict(), got "
+                f"{type(state_dict).__name__}."
+            )
+        missing = [key for key in _STATE_DICT_KEYS if key not in state_dict]
+        if missing:
+            raise ValueError(f"state_dict lacks the entries {', '.join(map(repr, missing))}.")
+        version = state_dict["version"]
         if version != _STATE_DICT_VERSION:
             raise ValueError(
                 f"state_dict version {version!r} is not supported (expected {_STATE_DICT_VERSION})."
             )
         saved_config = state_dict["config"]
+        if not isinstance(saved_config, Mapping):
+            raise ValueError("state_dict entry 'config' must be a dict of knobs.")
         ours = _config_values(self._config)
         differing = sorted(
             name
@@ -390,31 +462,37 @@ class AEES:
                 f"state_dict was saved with a different configuration; differing knobs: "
                 f"{', '.join(differing)}."
             )
-        state = _runtime.state_from_tensors(self._state, state_dict["core_state"])
-        seed = int(state_dict["seed"])
-        noise = GradientNoise(seed)
-        noise.load_state_dict(state_dict["noise_generators"])
-        logs = {key: list(values) for key, values in state_dict["logs"].items()}
-        if set(logs) != set(self._logs):
-            raise ValueError("state_dict entry 'logs' does not match this configuration.")
-
-        if self._snapshot is not None:
-            self._snapshot.load_state_dict(self._optimizer, state_dict["guard_snapshot"])
-        self._state = state
-        self._seed = seed
-        self._noise = noise
-        self._logs = logs
-        self._logged_episodes = len(logs["episode_rewards"])
+        seed = state_dict["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"state_dict entry 'seed' must be an int, got {seed!r}.")
+        step_open = state_dict["step_open"]
+        if not isinstance(step_open, bool):
+            raise ValueError(f"state_dict entry 'step_open' must be a bool, got {step_open!r}.")
+        state = _runtime.state_from_tensors(self._applied_state, state_dict["core_state"])
+        noise = GradientNoise.from_state_dict(seed, state_dict["noise_generators"])
+        logs = _checked_logs(state_dict["logs"], self._logs.keys())
         with _runtime.on_cpu_in_float64():
             counters = jax.device_get(
                 (state.episode.episode_steps, state.global_step, state.episodes_closed)
             )
-        self._episode_steps, self._core_step, self._episodes_closed = (int(c) for c in counters)
-        self._episode_candidate = None
-        self._current_candidate = None
-        if state_dict["step_open"]:
-            self._episode_candidate = self._read_episode_candidate()
-            self._current_candidate = self._episode_candidate
+        episode_steps, core_step, episodes_closed = (int(c) for c in counters)
+        if len(logs["episode_rewards"]) != episodes_closed:
+            raise ValueError(
+                f"state_dict entry 'logs' holds {len(logs['episode_rewards'])} episodes, but "
+                f"'core_state' has closed {episodes_closed}."
+            )
+        snapshot = None
+        if self._snapshot is not None:
+            snapshot = Snapshot.from_state_dict(self._optimizer, state_dict["guard_snapshot"])
+        return _LoadedState(
+            state=state,
+            seed=seed,
+            noise=noise,
+            logs=logs,
+            snapshot=snapshot,
+            counters=(episode_steps, core_step, episodes_closed),
+            step_open=step_open,
+        )
 
     # ------------------------------------------------------------------ internals
 
@@ -431,19 +509,50 @@ class AEES:
         device: torch.device = self._optimizer.param_groups[0]["params"][0].device
         return device
 
-    def _loss_value(self, loss: float | torch.Tensor) -> float:
-        """The loss as a Python float, averaged over ranks when running distributed."""
-        world_size = _world_size()
-        if world_size == 1:
-            return float(loss.item()) if isinstance(loss, torch.Tensor) else float(loss)
+    def _checked_loss(self, loss: float | torch.Tensor, *, check: bool) -> tuple[float, bool]:
+        """The loss as a float (averaged over ranks) and whether every gradient is finite.
+
+        The common case costs one device read: the loss and the gradient check
+        travel as one float64 scalar, the loss itself while every gradient is
+        finite and NaN otherwise; only when that scalar is not finite is the
+        loss read again to tell the two apart. Under `torch.distributed` both
+        are summed over ranks in one all-reduce of a fresh tensor (never the
+        caller's), so every rank takes the same branch.
+
+        Raises:
+          ValueError: if ``loss`` is a tensor with more than one element.
+        """
         if isinstance(loss, torch.Tensor):
-            total = loss.detach().reshape(()).to(torch.float64)
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"loss passed to step_end() must be a scalar, got a tensor of shape "
+                    f"{tuple(loss.shape)}."
+                )
+            loss = loss.detach()
+        largest = largest_magnitude(self._optimizer.param_groups) if check else None
+        world_size = _world_size()
+        if world_size == 1 and largest is None:
+            return (float(loss.item()) if isinstance(loss, torch.Tensor) else float(loss)), True
+        device = loss.device if isinstance(loss, torch.Tensor) else self._first_param_device()
+        if isinstance(loss, torch.Tensor):
+            loss_and_largest = [loss.reshape(()).to(torch.float64)]
         else:
-            total = torch.tensor(
-                float(loss), dtype=torch.float64, device=self._first_param_device()
-            )
-        dist.all_reduce(total)
-        return float(total.item()) / world_size
+            loss_and_largest = [torch.tensor(float(loss), dtype=torch.float64, device=device)]
+        if largest is not None:
+            loss_and_largest.append(largest.to(device, torch.float64))
+        if world_size > 1:
+            # A fresh tensor: the caller's loss is never written to.
+            total = torch.stack(loss_and_largest)
+            dist.all_reduce(total)
+            loss_and_largest = list(total.unbind())
+        if len(loss_and_largest) == 1:
+            return float(loss_and_largest[0].item()) / world_size, True
+        loss_sum, largest_sum = loss_and_largest
+        # ``0 * largest`` is 0 while every gradient is finite and NaN otherwise.
+        combined = float((loss_sum + largest_sum * 0.0).item())
+        if math.isfinite(combined):
+            return combined / world_size, True
+        return float(loss_sum.item()) / world_size, math.isfinite(largest_sum.item())
 
     def _apply_optimizer_step(self, candidate: CandidateConfig) -> float | None:
         """Noise, then ``optimizer.step()`` with multiplied LRs; returns the update norm."""
@@ -460,26 +569,37 @@ class AEES:
         finally:
             for group, base_lr in zip(groups, base_lrs, strict=True):
                 group["lr"] = base_lr
+        if self._snapshot is not None:
+            self._snapshot.reserve_state()
         return None if self._norm_tracker is None else self._norm_tracker.norm()
 
-    def _guard_step(self, loss: float) -> tuple[bool, float]:
+    def _guard_step(self, loss: float, *, applies: bool) -> tuple[bool, float]:
         """Let the spike guard snapshot or roll back.
+
+        Args:
+          loss: the loss the guard judges (infinite for non-finite gradients).
+          applies: whether the step will be applied if not rolled back; a step
+            that will be skipped takes no snapshot, as the core records none.
 
         Returns:
           Whether the step was rolled back, and the distance the parameters
           moved since the previous snapshot when one was taken now (else 0).
         """
-        assert self._snapshot is not None
+        snapshot = self._snapshot
+        assert snapshot is not None
+        snapshot.follow_params()
         with _runtime.on_cpu_in_float64():
             decision = _runtime.guard_check(self._core_config, self._state, loss)
             rollback, take_snapshot = (bool(flag) for flag in jax.device_get(decision))
         if not rollback:
-            moved = None
-            if take_snapshot:
-                moved = self._snapshot.take(self._optimizer, measure=self._config.growth)
-            return False, 0.0 if moved is None else moved
+            moved = 0.0
+            if take_snapshot and applies:
+                if self._config.growth and snapshot.holds and self._norm_tracker is not None:
+                    moved = self._norm_tracker.distance(snapshot.params, snapshot.saved_params)
+                snapshot.take()
+            return False, moved
         self._current_candidate = None
-        self._snapshot.restore(self._optimizer)
+        snapshot.restore()
         with _runtime.on_cpu_in_float64():
             self._state = _runtime.record_step(self._core_config, self._state, loss, None)
         # The core closed the open episode (if it had steps) and opened a new one.
@@ -584,9 +704,72 @@ class AEES:
         self._logged_episodes = self._episodes_closed
 
 
-def _as_tuple(values: Sequence[float]) -> Any:
-    """Lists are accepted for the candidates; anything else reaches the config's check."""
-    return tuple(values) if isinstance(values, list) else values
+def _as_candidates(values: object) -> Any:
+    """Candidates as a tuple of Python numbers when they form a real-number iterable.
+
+    Accepts what the published wrapper accepts: lists, tuples, NumPy arrays,
+    tensors, generators (elements may be one-element tensors). Anything else
+    (a string, a scalar, a nested sequence) reaches the config's check as it
+    is, so its error names the knob.
+    """
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        return tuple(values.tolist()) if values.ndim == 1 else values
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        return values
+    return tuple(
+        value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        for value in values
+    )
+
+
+def _step_number(global_step: object) -> int:
+    """``global_step`` as an int: any integral scalar (int, NumPy integer, integer tensor)."""
+    number: int | None = None
+    if isinstance(global_step, torch.Tensor):
+        integral = not (global_step.is_floating_point() or global_step.is_complex())
+        if global_step.numel() == 1 and integral and global_step.dtype != torch.bool:
+            number = int(global_step.item())
+    elif not isinstance(global_step, (bool, np.bool_)):
+        try:
+            number = operator.index(global_step)  # type: ignore[arg-type]
+        except TypeError:
+            number = None
+    if number is None:
+        raise ValueError(f"global_step must be an integer, got {global_step!r}.")
+    if not 0 <= number <= _MAX_GLOBAL_STEP:
+        raise ValueError(f"global_step must be in [0, 2**31 - 1], got {global_step!r}.")
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoadedState:
+    """A checked `AEES.state_dict`, ready to be installed."""
+
+    state: core.AEESState
+    seed: int
+    noise: GradientNoise
+    logs: dict[str, list[Any]]
+    snapshot: Snapshot | None
+    counters: tuple[int, int, int]
+    step_open: bool
+
+
+def _checked_logs(logs: object, keys: Iterable[str]) -> dict[str, list[Any]]:
+    """Copies of the saved per-episode logs, which must have exactly ``keys``, in equal lengths."""
+    expected = set(keys)
+    if not isinstance(logs, Mapping) or set(logs) != expected:
+        found = sorted(logs) if isinstance(logs, Mapping) else type(logs).__name__
+        raise ValueError(
+            f"state_dict entry 'logs' must have the keys {sorted(expected)}, got {found}."
+        )
+    copied = {}
+    for key, values in logs.items():
+        if not isinstance(values, list):
+            raise ValueError(f"state_dict entry 'logs.{key}' must be a list.")
+        copied[key] = list(values)
+    if len({len(values) for values in copied.values()}) > 1:
+        raise ValueError("state_dict entry 'logs' has lists of different lengths.")
+    return copied
 
 
 def _world_size() -> int:
