@@ -35,10 +35,14 @@ def init_ucb(num_arms: int, batch_shape: tuple[int, ...] = ()) -> UCBStats:
 
 
 def break_tie(candidates: jax.Array, key: jax.Array, tie_break: str) -> jax.Array:
-    """Index of one ``True`` entry of ``candidates``: the lowest, or uniform at random."""
+    """Index of one ``True`` entry of ``candidates``: the lowest, or uniform at random.
+
+    The random scores are float32 whatever JAX's x64 mode: they come from the
+    same 32 random bits in both modes, so both pick the same arm.
+    """
     if tie_break == "lowest":
         return jnp.argmax(candidates).astype(jnp.int32)
-    scores = jax.random.uniform(key, candidates.shape)
+    scores = jax.random.uniform(key, candidates.shape, jnp.float32)
     return jnp.argmax(jnp.where(candidates, scores, -1.0)).astype(jnp.int32)
 
 

@@ -1,4 +1,4 @@
-"""Reading AEES back out of any optax state: logs, the current candidate, finalize.
+"""Reading AEES back out of any optax state: logs, the current candidate, best params, finalize.
 
 The AEES state may sit anywhere inside a larger optimizer state (an
 ``optax.chain``, ``optax.MultiSteps``, ``optax.inject_hyperparams``, a Flax NNX
@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 import pulseopt_core as core
-from pulseopt_optax.transform import AEESTransformState, core_function
+from pulseopt_optax.transform import AEESTransformState, BestParams, core_function
 
 
 def _is_aees_state(node: object) -> bool:
@@ -94,25 +96,86 @@ def current_candidate(opt_state: Any) -> core.Candidate:
     return core.current_candidate(find_aees_state(opt_state).aees_core_state)
 
 
+def best_params(opt_state: Any, params: optax.Params) -> optax.Params:
+    """The parameters at the best ``eval_value`` so far, or ``params`` before any eval.
+
+    Needs ``aees(..., restore_best=True)``. End a run that handed AEES its
+    held-out loss with ``params = pulseopt_optax.best_params(opt_state, params)``
+    to keep the best parameters seen (early stopping inside the optimizer).
+    Works inside ``jax.jit`` and on batched (vmapped) states.
+
+    Raises:
+      ValueError: if the `aees` state keeps no best parameters.
+    """
+    state = find_aees_state(opt_state)
+    if not isinstance(state.aees_best, BestParams):
+        raise ValueError("best_params needs an aees transformation built with restore_best=True.")
+    seen = state.aees_core_state.guard.eval_count > 0
+
+    def pick(best: jax.Array, now: jax.Array) -> jax.Array:
+        when = jnp.reshape(seen, seen.shape + (1,) * (jnp.ndim(now) - seen.ndim))
+        return jnp.where(when, best, now)
+
+    return jax.tree.map(pick, state.aees_best.best_params, params)
+
+
+def _close(state: AEESTransformState) -> AEESTransformState:
+    """``state`` (plain arrays, possibly batched) with its open episode closed."""
+    structure = state.aees_structure
+    batch_ndim = np.ndim(state.aees_core_state.episodes_closed)
+
+    def close(knobs: tuple[jax.Array, ...], core_state: core.AEESState) -> core.AEESState:
+        config = structure.config(knobs)
+        closed: core.AEESState = core_function(core.finalize, config)(config, core_state)
+        return closed
+
+    # A batched state (a vmapped population) closes member by member.
+    for _ in range(batch_ndim):
+        close = jax.vmap(close)
+    return state._replace(aees_core_state=close(state.aees_dynamic_knobs, state.aees_core_state))
+
+
 def finalize(opt_state: Any) -> Any:
     """Close the open episode if it has at least one step, and open the next one.
 
     Returns ``opt_state`` with the `aees` state replaced, so a run can end with
     ``opt_state = finalize(opt_state)`` and its last partial episode shows in
-    `get_logs`, as ``AEES.finalize()`` does in the torch adapter.
+    `get_logs`, as ``AEES.finalize()`` does in the torch adapter. A batched
+    state (e.g. from ``jax.vmap(tx.init)``) closes every member.
+
+    Given an object holding its state in ``opt_state``: a Flax ``nnx.Optimizer``
+    is closed in place and returned (``pulseopt_optax.finalize(optimizer)``);
+    an immutable holder with ``replace`` (a Flax linen ``TrainState``) is
+    returned as a new one.
     """
+    if not isinstance(opt_state, tuple) and hasattr(opt_state, "opt_state"):
+        holder = opt_state
+        if any(_has_value(leaf) for leaf in jax.tree.leaves(holder.opt_state, is_leaf=_has_value)):
+            _finalize_variables(holder.opt_state)
+            return holder
+        if callable(getattr(holder, "replace", None)):  # an immutable holder (linen TrainState)
+            return holder.replace(opt_state=finalize(holder.opt_state))
+        holder.opt_state = finalize(holder.opt_state)
+        return holder
+    find_aees_state(opt_state)
 
     def close(node: object) -> object:
         if not _is_aees_state(node):
             return node
-        state: AEESTransformState = node  # type: ignore[assignment]
-        plain = jax.tree.map(_unwrap, state, is_leaf=_has_value)
-        config = plain.aees_structure.config(plain.aees_dynamic_knobs)
-        core_state = plain.aees_core_state
-        closed = core_function(core.finalize, config)(config, core_state)
-        return plain._replace(aees_core_state=closed)
+        plain: AEESTransformState = jax.tree.map(_unwrap, node, is_leaf=_has_value)
+        return _close(plain)
 
-    if not isinstance(opt_state, tuple) and hasattr(opt_state, "opt_state"):
-        raise ValueError("pass the optimizer state (e.g. optimizer.opt_state), not the optimizer.")
-    find_aees_state(opt_state)
     return jax.tree.map(close, opt_state, is_leaf=_is_aees_state)
+
+
+def _finalize_variables(opt_state: Any) -> None:
+    """Close the `aees` state held in Flax NNX variables, writing the new values into them."""
+    find_aees_state(opt_state)
+    for node in jax.tree.leaves(opt_state, is_leaf=_is_aees_state):
+        if not _is_aees_state(node):
+            continue
+        variables = jax.tree.leaves(node, is_leaf=_has_value)
+        closed = jax.tree.leaves(_close(jax.tree.map(_unwrap, node, is_leaf=_has_value)))
+        for variable, value in zip(variables, closed, strict=True):
+            if _has_value(variable):
+                variable.set_value(value)

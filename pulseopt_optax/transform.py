@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -47,6 +47,11 @@ STRUCTURAL_KNOBS = (
     "growth_threshold",
     "growth_factor",
     "growth_patience",
+    "guard_spike_floor",
+    "growth_fit_fraction",
+    "eval_patience",
+    "eval_min_delta",
+    "restore_best",
 )
 # Knobs that may arrive as traced scalars (injected hyperparameters). None of
 # them affects the first episode's choice, which is made before any statistics
@@ -98,15 +103,72 @@ class AEESStructure:
     growth_threshold: float
     growth_factor: float
     growth_patience: int
+    guard_spike_floor: float
+    growth_fit_fraction: float
+    eval_patience: int
+    eval_min_delta: float
+    restore_best: bool
 
     @classmethod
     def of(cls, config: core.AEESConfig) -> AEESStructure:
         return cls(**{name: getattr(config, name) for name in STRUCTURAL_KNOBS})
 
-    def config(self, dynamic_knobs: dict[str, jax.Array] | None = None) -> core.AEESConfig:
-        """The full config: these knobs, plus ``dynamic_knobs`` (default values if None)."""
+    def config(self, dynamic_knobs: tuple[jax.Array, ...] | None = None) -> core.AEESConfig:
+        """The full config: these knobs, plus ``dynamic_knobs`` (default values if None).
+
+        ``dynamic_knobs`` holds the values of `DYNAMIC_KNOBS`, in that order, as
+        the state's ``aees_dynamic_knobs`` does.
+        """
         static = core.AEESConfig(**dataclasses.asdict(self))
-        return _with_dynamic_knobs(static, dynamic_knobs or {})
+        values = dict(zip(DYNAMIC_KNOBS, dynamic_knobs, strict=True)) if dynamic_knobs else {}
+        return _with_dynamic_knobs(static, values)
+
+
+@jax.tree_util.register_pytree_node_class
+class Unnamed:
+    """A NamedTuple or dict of the snapshot's copy of the inner state, its names kept out of sight.
+
+    ``optax.tree.get`` finds values by NamedTuple field and dict key; the live
+    inner state owns those names, so its copy carries its children in the same
+    order (and flattens to the same leaves) without them. `jax.tree.unflatten`
+    with the live inner state's structure turns the copy back into a state.
+    """
+
+    __slots__ = ("children", "kind")
+
+    def __init__(self, children: tuple[Any, ...], kind: Any) -> None:
+        self.children = children
+        self.kind = kind
+
+    def tree_flatten(self) -> tuple[tuple[Any, ...], Hashable]:
+        return self.children, self.kind
+
+    @classmethod
+    def tree_unflatten(cls, kind: Hashable, children: Any) -> Unnamed:
+        return cls(tuple(children), kind)
+
+    def __repr__(self) -> str:
+        return f"Unnamed({self.kind!r}, {self.children!r})"
+
+
+def _is_named_tuple(node: object) -> bool:
+    return isinstance(node, tuple) and hasattr(node, "_fields")
+
+
+def hide_names(tree: Any) -> Any:
+    """``tree`` with every NamedTuple and dict replaced by an `Unnamed` node.
+
+    The leaves and their order are unchanged, so is every other node.
+    """
+    if _is_named_tuple(tree):
+        return Unnamed(tuple(hide_names(child) for child in tree), type(tree))
+    if isinstance(tree, dict):
+        keys = tuple(sorted(tree))  # jax.tree.flatten's order for dicts
+        return Unnamed(tuple(hide_names(tree[key]) for key in keys), ("dict", keys))
+    children, node = jax.tree_util.tree_flatten(tree, is_leaf=lambda child: child is not tree)
+    if jax.tree_util.treedef_is_leaf(node) and children == [tree]:
+        return tree
+    return jax.tree.unflatten(node, [hide_names(child) for child in children])
 
 
 class GuardSnapshot(NamedTuple):
@@ -114,11 +176,33 @@ class GuardSnapshot(NamedTuple):
 
     Attributes:
       snapshot_params: the parameters at the last sound episode boundary.
-      snapshot_inner_state: the inner optimizer's state at the same moment.
+      snapshot_inner_state: the inner optimizer's state at the same moment,
+        its NamedTuples and dicts as `Unnamed` nodes (same leaves, same order)
+        so that ``optax.tree.get(state, name)`` finds the live inner state's
+        value only.
+      landing_distance: ``f[]`` the distance ``|params - snapshot_params|``
+        expected at the next update (the norm of the update just returned after
+        a snapshot, 0 after a rollback), NaN when there is nothing to check.
+        It tells whether the returned updates reached the parameters unchanged,
+        which rollback relies on (see `aees`).
+      landing_update_norm: ``f[]`` the norm of the update that distance comes
+        from (it scales the rounding allowed in the check).
     """
 
     snapshot_params: optax.Params
-    snapshot_inner_state: optax.OptState
+    snapshot_inner_state: Any
+    landing_distance: jax.Array
+    landing_update_norm: jax.Array
+
+
+class BestParams(NamedTuple):
+    """The parameters at the best ``eval_value`` so far (kept only with ``restore_best=True``).
+
+    Attributes:
+      best_params: the parameters of the step with the lowest ``eval_value``.
+    """
+
+    best_params: optax.Params
 
 
 class AEESTransformState(NamedTuple):
@@ -132,29 +216,57 @@ class AEESTransformState(NamedTuple):
         ``skipped_steps`` and the episode log. Its field names are unique, so
         ``optax.tree.get(opt_state, "lr_multiplier")`` finds the multiplier.
       aees_dynamic_knobs: the values of `DYNAMIC_KNOBS` used by the latest
-        step, ``{name: i32[] or f[]}`` (they can be injected hyperparameters).
+        step, in that order, each ``i32[]`` or ``f[]`` (they can be injected
+        hyperparameters). A tuple, not a dict, so the knob names are found only
+        in ``inject_hyperparams``' own ``hyperparams``.
       aees_structure: the structural knobs (static, no leaves).
       aees_snapshot: a `GuardSnapshot` with the spike guard on (one copy of the
         parameters and of the inner state), else an empty ``optax.EmptyState``.
+      aees_best: a `BestParams` with ``restore_best=True`` (one copy of the
+        parameters), else an empty ``optax.EmptyState``.
     """
 
     aees_inner_state: optax.OptState
     aees_core_state: core.AEESState
-    aees_dynamic_knobs: dict[str, jax.Array]
+    aees_dynamic_knobs: tuple[jax.Array, ...]
     aees_structure: AEESStructure
     aees_snapshot: GuardSnapshot | optax.EmptyState = optax.EmptyState()
+    aees_best: BestParams | optax.EmptyState = optax.EmptyState()
 
 
 def _is_traced(value: object) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
+# Knobs that hold a sequence of numbers; every other knob is a scalar.
+_SEQUENCE_KNOBS = ("lr_candidates", "noise_candidates")
+
+
 def _python_scalar(name: str, value: object) -> object:
     """A concrete array knob (e.g. from `inject_hyperparams`) as a Python number."""
-    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    if isinstance(value, _ARRAY_TYPES):
         if np.ndim(value) != 0:
-            raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}.")
+            raise ValueError(f"{name} must be a scalar, got an array of shape {np.shape(value)}.")
         return np.asarray(value).item()
+    return value
+
+
+def _python_sequence(name: str, value: object) -> object:
+    """A candidate list as a tuple of Python numbers: from a 1-D array, or array elements.
+
+    Anything else is returned as it is, for `pulseopt_core.AEESConfig` to reject
+    with its own message.
+    """
+    if isinstance(value, _ARRAY_TYPES):
+        if np.ndim(value) != 1:
+            raise ValueError(
+                f"{name} must be a sequence of numbers (a 1-D array is fine), got an array of "
+                f"shape {np.shape(value)}."
+            )
+        return tuple(np.asarray(value).tolist())
+    if isinstance(value, (list, tuple)):
+        return tuple(_python_scalar(name, item) for item in value)
     return value
 
 
@@ -162,17 +274,46 @@ def _is_key(value: object) -> bool:
     return isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key)
 
 
+def _is_raw_key(value: object) -> bool:
+    """Whether ``value`` is a raw key (``jax.random.PRNGKey``): uint32 key data."""
+    if not isinstance(value, (jax.Array, np.ndarray)) or value.dtype != np.uint32:
+        return False
+    return bool(np.shape(value) == jax.random.key_data(jax.random.key(0)).shape)
+
+
 def _key_from_seed(seed: object) -> jax.Array:
-    """A typed key from an int, an integer array (traced or not) or a typed key."""
+    """A typed key from an int, an integer array, a raw or a typed key (traced or not)."""
     if _is_key(seed):
         return seed  # type: ignore[return-value]
-    if isinstance(seed, (jax.Array, np.ndarray, np.generic)):
-        if not jnp.issubdtype(jnp.asarray(seed).dtype, jnp.integer):
-            raise ValueError(f"seed must be an int or a typed JAX key, got {seed!r}.")
+    if _is_raw_key(seed):
+        return jax.random.wrap_key_data(seed)  # type: ignore[arg-type]
+    if isinstance(seed, _ARRAY_TYPES):
+        if np.ndim(seed) != 0 or not jnp.issubdtype(jnp.asarray(seed).dtype, jnp.integer):
+            raise ValueError(
+                f"seed must be an int, a typed JAX key (jax.random.key) or a raw one "
+                f"(jax.random.PRNGKey), got an array of dtype {seed.dtype} and shape "
+                f"{np.shape(seed)}."
+            )
         return jax.random.key(jnp.asarray(seed))
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, a typed JAX key or None, got {seed!r}.")
-    return jax.random.key(seed)
+        raise ValueError(f"seed must be an int, a JAX key or None, got {seed!r}.")
+    return _key_from_int(seed)
+
+
+def _key_from_int(seed: int) -> jax.Array:
+    """``jax.random.key(seed)`` as JAX's x64 mode computes it, in either mode.
+
+    Without x64 a seed is an int32, so negative seeds and seeds of 2**31 or
+    more would give another key (or fail) than with x64, where the torch
+    adapter runs the core. Threefry keys are built from the seed's two 32-bit
+    halves directly; other key implementations use ``jax.random.key``.
+    """
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must fit in 64 bits, got {seed}.")
+    if jax.random.key_data(jax.random.key(0)).shape != (2,):
+        return jax.random.key(seed)
+    bits = seed % 2**64
+    return jax.random.wrap_key_data(jnp.asarray([bits >> 32, bits & 0xFFFFFFFF], jnp.uint32))
 
 
 def _dynamic_dtype(config: core.AEESConfig, name: str) -> jnp.dtype:
@@ -195,44 +336,58 @@ def _with_dynamic_knobs(config: core.AEESConfig, values: dict[str, Any]) -> core
 
 
 def core_function(function: Callable[..., Any], config: core.AEESConfig) -> Callable[..., Any]:
-    """``function`` itself, or its un-jitted body when ``config`` holds array knobs.
+    """``function`` itself, or its body run with jit disabled when ``config`` holds array knobs.
 
-    Core functions may be jitted with the config as a static argument; a config
-    with array knobs is not hashable, and inside the caller's trace the inner
-    jit would be inlined anyway.
+    Core functions are jitted with the config as a static argument, and call
+    one another; a config with array knobs is not hashable. With jit disabled
+    those calls run as plain Python, so inside the caller's trace (the only
+    place array knobs occur under jit) they are traced into the caller's
+    program, which is what an inner jit would amount to anyway.
     """
-    if any(isinstance(getattr(config, name), jax.Array) for name in DYNAMIC_KNOBS):
-        return getattr(function, "__wrapped__", function)
-    return function
+    if not any(isinstance(getattr(config, name), jax.Array) for name in DYNAMIC_KNOBS):
+        return function
+
+    def unjitted(*args: Any, **kwargs: Any) -> Any:
+        with jax.disable_jit():
+            return function(*args, **kwargs)
+
+    return unjitted
 
 
-def _knob_arrays(config: core.AEESConfig, traced: dict[str, Any]) -> dict[str, jax.Array]:
-    return {
-        name: jnp.asarray(traced.get(name, getattr(config, name))).astype(
-            _dynamic_dtype(config, name)
-        )
+def _knob_arrays(config: core.AEESConfig, traced: dict[str, Any]) -> tuple[jax.Array, ...]:
+    return tuple(
+        jnp.asarray(traced.get(name, getattr(config, name))).astype(_dynamic_dtype(config, name))
         for name in DYNAMIC_KNOBS
-    }
+    )
 
 
 # Leaves at least this large, with at least this many columns, are checked by
-# a matrix-vector product (see `_nonfinite_sum`).
+# a matrix-vector product when the program can only run on one device (see
+# `_nonfinite_sum`).
 _MATVEC_MIN_SIZE = 1 << 14
 _MATVEC_MIN_COLUMNS = 16
 
 
 def _nonfinite_sum(leaf: jax.Array) -> jax.Array:
-    """A scalar that is 0 when every element of ``leaf`` is finite and NaN otherwise."""
+    """A scalar that is 0 when every element of ``leaf`` is finite and NaN otherwise.
+
+    Any sharding of ``leaf`` is kept: with several devices this is a plain sum
+    over all axes, which XLA partitions into per-shard sums and one scalar
+    all-reduce.
+    """
     zeroed = leaf * jnp.zeros((), leaf.dtype)  # 0 where finite, NaN where not
     columns = leaf.shape[-1] if leaf.ndim >= 2 else 0
     if (
-        jnp.issubdtype(leaf.dtype, jnp.floating)
+        jax.device_count() == 1
+        and jnp.issubdtype(leaf.dtype, jnp.floating)
         and leaf.size >= _MATVEC_MIN_SIZE
         and columns >= _MATVEC_MIN_COLUMNS
     ):
         # Row sums as a matrix-vector product: XLA runs dots on its threaded
         # matmul kernels, while a reduction over a large leaf runs on one thread
         # and, measured in a jitted train step, holds up the work behind it.
+        # The reshape would move data between shards of a leaf sharded on a
+        # middle axis, hence one device only.
         rows = zeroed.reshape(-1, columns) @ jnp.ones((columns,), leaf.dtype)
         return jnp.sum(rows)
     return jnp.sum(zeroed)
@@ -243,15 +398,21 @@ def all_finite(tree: object) -> jax.Array:
 
     ``x * 0`` is 0 for finite ``x`` and NaN otherwise, so a float sum per leaf
     answers without a boolean mask, and never overflows the way a sum of the
-    values themselves could in low precision.
+    values themselves could in low precision. Shardings are kept (see
+    `_nonfinite_sum`): only scalars cross devices.
     """
     sums = [_nonfinite_sum(leaf) for leaf in jax.tree.leaves(tree)]
     return jnp.isfinite(sum(sums, jnp.zeros((), jnp.float32)))
 
 
 def _global_norm(tree: object, dtype: jnp.dtype) -> jax.Array:
-    squares = [jnp.sum(jnp.square(leaf.astype(dtype))) for leaf in jax.tree.leaves(tree)]
-    return jnp.sqrt(sum(squares, jnp.zeros((), dtype)))
+    """The L2 norm of every element of ``tree`` (moduli for complex leaves), in ``dtype``."""
+
+    def squares(leaf: jax.Array) -> jax.Array:
+        magnitude = jnp.abs(leaf) if jnp.iscomplexobj(leaf) else leaf
+        return jnp.sum(jnp.square(magnitude.astype(dtype)))
+
+    return jnp.sqrt(sum((squares(leaf) for leaf in jax.tree.leaves(tree)), jnp.zeros((), dtype)))
 
 
 def _scale(tree: object, multiplier: jax.Array) -> object:
@@ -263,6 +424,21 @@ def _scale(tree: object, multiplier: jax.Array) -> object:
     return jax.tree.map(scale, tree)
 
 
+def _at_most_once(run: jax.Array, body: Callable[[], Any], idle: Any) -> Any:
+    """``body()`` when ``run``, else ``idle`` (a pytree shaped like ``body``'s result).
+
+    Written as a loop of zero or one trip rather than a conditional: XLA
+    updates a loop's carry in its own (donated) buffers, whereas a conditional
+    that returns its operand unchanged makes it copy the operand; and under
+    `jax.vmap` the loop runs only when some member needs it.
+    """
+
+    def once(carry: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
+        return jnp.zeros((), bool), body()
+
+    return jax.lax.while_loop(lambda carry: carry[0], once, (jnp.asarray(run, bool), idle))[1]
+
+
 def _refresh_snapshot(
     take: jax.Array,
     snapshot: GuardSnapshot,
@@ -270,34 +446,95 @@ def _refresh_snapshot(
     inner_state: optax.OptState,
     measure: bool,
 ) -> tuple[GuardSnapshot, jax.Array | None]:
-    """The snapshot, replaced by ``(params, inner_state)`` when ``take``.
+    """The snapshot, with ``(params, inner_state)`` in it when ``take``.
 
     Also returns, with ``measure``, the distance from the old snapshot's
-    parameters to ``params`` when ``take`` (else 0). Written as a loop of zero
-    or one trip rather than a conditional: XLA updates a loop's carry in its
-    own (donated) buffers, whereas a conditional that returns its operand
-    unchanged makes it copy the whole snapshot on every step.
+    parameters to ``params`` when ``take`` (else 0).
     """
     dtype = core.float_dtype()
 
-    def refresh(carry: tuple[jax.Array, GuardSnapshot, jax.Array]) -> Any:
-        _, old, _ = carry
+    def refresh() -> tuple[GuardSnapshot, jax.Array]:
         moved = jnp.zeros((), dtype)
         if measure:
-            moved = _global_norm(jax.tree.map(jnp.subtract, params, old.snapshot_params), dtype)
-        return jnp.zeros((), bool), GuardSnapshot(params, inner_state), moved
+            moved = _global_norm(
+                jax.tree.map(jnp.subtract, params, snapshot.snapshot_params), dtype
+            )
+        taken = snapshot._replace(
+            snapshot_params=params, snapshot_inner_state=hide_names(inner_state)
+        )
+        return taken, moved
 
-    start = (jnp.asarray(take, bool), snapshot, jnp.zeros((), dtype))
-    _, snapshot, moved = jax.lax.while_loop(lambda carry: carry[0], refresh, start)
-    return snapshot, (moved if measure else None)
+    refreshed, moved = _at_most_once(take, refresh, (snapshot, jnp.zeros((), dtype)))
+    return refreshed, (moved if measure else None)
 
 
 def _empty_snapshot(params: optax.Params, inner: optax.GradientTransformation) -> GuardSnapshot:
     """Room for the guard's snapshot; filled at the first sound step, never read before."""
+    nothing = jnp.full((), jnp.nan, core.float_dtype())
     return GuardSnapshot(
         snapshot_params=jax.tree.map(jnp.zeros_like, params),
-        snapshot_inner_state=inner.init(params),
+        snapshot_inner_state=hide_names(inner.init(params)),
+        landing_distance=nothing,
+        landing_update_norm=nothing,
     )
+
+
+def _scalar_loss(value: object) -> jax.Array:
+    """``value`` as a scalar array; a one-element array (``jnp.array([loss])``) is fine."""
+    if value is None:
+        raise ValueError("value must be the loss at params (a scalar), got None.")
+    loss = jnp.asarray(value)
+    if loss.size != 1:
+        raise ValueError(
+            f"value must be the loss at params, a scalar, got an array of shape {loss.shape}; "
+            "reduce it first (e.g. jnp.mean over the batch)."
+        )
+    return loss.reshape(())
+
+
+def _epsilon(params: optax.Params) -> float:
+    """The largest machine epsilon among the parameters' dtypes."""
+    dtypes = [leaf.dtype for leaf in jax.tree.leaves(params)]
+    inexact = [jnp.finfo(d).eps for d in dtypes if jnp.issubdtype(d, jnp.inexact)]
+    return float(max(inexact, default=0.0))
+
+
+def _raise_if_misplaced(misplaced: np.ndarray, distance: np.ndarray, expected: np.ndarray) -> None:
+    if not np.any(misplaced):
+        return
+    raise ValueError(
+        "pulseopt_optax.aees: the parameters did not move by the updates aees returned "
+        f"(they are {np.max(distance):.6g} from the guard's snapshot, {np.max(expected):.6g} "
+        "was expected), so a rollback cannot restore them. Something after aees changes its "
+        "updates: aees must be the last transformation in an optax.chain and must not sit "
+        "inside a wrapper that transforms its updates (optax.contrib.schedule_free, "
+        "lookahead, ...). Put those inside aees instead, e.g. "
+        "aees(optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(0.1)))."
+    )
+
+
+def _check_landing(snapshot: GuardSnapshot, params: optax.Params) -> None:
+    """Raise (from inside jit) when the previous update did not reach ``params`` unchanged.
+
+    After a snapshot the parameters should be the update's norm away from it,
+    after a rollback on it, up to the rounding of ``params + updates`` and a
+    1% margin. One distance per episode (and after each rollback).
+    """
+    dtype = core.float_dtype()
+    expected = snapshot.landing_distance
+    slack_per_norm = 4.0 * _epsilon(params)
+
+    def check() -> jax.Array:
+        distance = _global_norm(jax.tree.map(jnp.subtract, params, snapshot.snapshot_params), dtype)
+        size = _global_norm(params, dtype)
+        slack = 1e-2 * snapshot.landing_update_norm + slack_per_norm * (
+            size + snapshot.landing_update_norm
+        )
+        misplaced = jnp.abs(distance - expected) > slack
+        jax.debug.callback(_raise_if_misplaced, misplaced, distance, expected)
+        return jnp.zeros((), bool)
+
+    _at_most_once(jnp.isfinite(expected), check, jnp.zeros((), bool))
 
 
 def aees(
@@ -337,6 +574,11 @@ def aees(
     growth_threshold: float = 0.5,
     growth_factor: float = 2.0,
     growth_patience: int = 1,
+    guard_spike_floor: float = 0.05,
+    growth_fit_fraction: float = 0.02,
+    eval_patience: int = 2,
+    eval_min_delta: float = 1e-3,
+    restore_best: bool = False,
     preset: str | None = None,
     track_update_norm: bool = True,
     noise_generator: str = "counter",
@@ -422,6 +664,12 @@ def aees(
         update norms, one extra reduction per episode. See
         `pulseopt_core.AEESConfig` for the rule.
       growth_threshold, growth_factor, growth_patience: the growth rule's knobs.
+      guard_spike_floor, growth_fit_fraction: keep the preset safe once the
+        training loss nears zero (see `pulseopt_core.AEESConfig`).
+      eval_patience, eval_min_delta: with the guard, how a held-out loss handed
+        to ``update`` as ``eval_value`` steers the LR scale.
+      restore_best: keep a copy of the parameters at the best ``eval_value``
+        (one more copy of the parameters); `best_params` returns it.
       preset: ``None`` (the knobs as given) or ``"robust"`` (``guard=True``,
         ``growth=True``, ``max_lr_scale=64``): the recommended setting when the
         base learning rate may be mis-set in either direction.
@@ -433,8 +681,10 @@ def aees(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the
       loss as the keyword-only ``value``: ``update(updates, state, params=None,
-      *, value, **extra_args)``, where ``value`` is the loss at ``params`` before
-      this update.
+      *, value, eval_value=None, **extra_args)``, where ``value`` is the loss at
+      ``params`` before this update and the optional ``eval_value`` a held-out
+      loss measured at ``params`` (NaN on steps without an evaluation; see
+      `pulseopt_core.record_eval`).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -488,6 +738,11 @@ def aees(
         "growth_threshold": growth_threshold,
         "growth_factor": growth_factor,
         "growth_patience": growth_patience,
+        "guard_spike_floor": guard_spike_floor,
+        "growth_fit_fraction": growth_fit_fraction,
+        "eval_patience": eval_patience,
+        "eval_min_delta": eval_min_delta,
+        "restore_best": restore_best,
     }
     if noise_generator not in NOISE_GENERATORS:
         raise ValueError(
@@ -504,7 +759,9 @@ def aees(
                 f"static_args=pulseopt_optax.STRUCTURAL_KNOBS."
             )
     static: dict[str, Any] = {
-        name: _python_scalar(name, value) for name, value in knobs.items() if name not in traced
+        name: (_python_sequence if name in _SEQUENCE_KNOBS else _python_scalar)(name, value)
+        for name, value in knobs.items()
+        if name not in traced
     }
     # Validated eagerly; traced knobs take their defaults here (see DYNAMIC_KNOBS).
     config = core.apply_preset(core.AEESConfig(**static), preset)
@@ -512,11 +769,12 @@ def aees(
     step_config = _with_dynamic_knobs(config, traced)
     structure = AEESStructure.of(config)
     record_step = core_function(core.record_step, step_config)
+    record_eval = core_function(core.record_eval, step_config)
     guard_check = core_function(core.guard_check, step_config)
     key_source: Any = seed
     if key_source is None:
         key_source = secrets.randbits(32)
-    elif not _is_traced(key_source) and not _is_key(key_source):
+    elif not _is_traced(key_source) and not _is_key(key_source) and not _is_raw_key(key_source):
         key_source = _python_scalar("seed", key_source)
         _key_from_seed(key_source)
     inner = optax.with_extra_args_support(inner)
@@ -529,6 +787,9 @@ def aees(
             aees_dynamic_knobs=_knob_arrays(config, traced),
             aees_structure=structure,
             aees_snapshot=_empty_snapshot(params, inner) if config.guard else optax.EmptyState(),
+            aees_best=BestParams(jax.tree.map(jnp.copy, params))
+            if config.restore_best
+            else optax.EmptyState(),
         )
 
     def noised(grads: optax.Updates, core_state: core.AEESState, std: jax.Array) -> Any:
@@ -550,6 +811,7 @@ def aees(
         params: optax.Params | None = None,
         *,
         value: jax.Array | float,
+        eval_value: jax.Array | float | None = None,
         **extra_args: Any,
     ) -> tuple[optax.Updates, AEESTransformState]:
         if state.aees_structure != structure:
@@ -558,8 +820,20 @@ def aees(
                 f"structural knobs ({state.aees_structure}) than this one ({structure})."
             )
         core_state = state.aees_core_state
+        best = state.aees_best
+        if eval_value is not None:
+            core_state = record_eval(step_config, core_state, eval_value)
+            if isinstance(best, BestParams):
+                if params is None:
+                    raise ValueError(
+                        "restore_best=True keeps the parameters of the best eval_value: "
+                        "call update(updates, state, params, value=loss, eval_value=...)."
+                    )
+                best = _at_most_once(
+                    core_state.guard.eval_improved, lambda: BestParams(params), best
+                )
         candidate = core.current_candidate(core_state)
-        value = jnp.asarray(value)
+        value = _scalar_loss(value)
         finite = jnp.isfinite(value) & all_finite(updates)
 
         def step(_: None) -> tuple[optax.Updates, optax.OptState]:
@@ -581,16 +855,21 @@ def aees(
             return jax.lax.cond(finite, step, skip, None)
 
         snapshot = state.aees_snapshot
+        dtype = core.float_dtype()
         if config.guard:
             if params is None:
                 raise ValueError(
                     "the spike guard (guard=True or preset='robust') needs params: "
                     "call update(updates, state, params, value=loss)."
                 )
+            _check_landing(snapshot, params)
             decision = guard_check(step_config, core_state, value)
+            # A skipped step (non-finite gradients) changes nothing but the count.
+            take = decision.take_snapshot & finite
             snapshot, displacement = _refresh_snapshot(
-                decision.take_snapshot, snapshot, params, state.aees_inner_state, config.growth
+                take, snapshot, params, state.aees_inner_state, config.growth
             )
+            inner_structure = jax.tree.structure(state.aees_inner_state)
 
             def roll_back(_: None) -> tuple[optax.Updates, optax.OptState]:
                 # Updates that carry the parameters back onto the snapshot.
@@ -599,7 +878,10 @@ def aees(
                     snapshot.snapshot_params,
                     params,
                 )
-                return restore, snapshot.snapshot_inner_state
+                saved_inner = jax.tree.unflatten(
+                    inner_structure, jax.tree.leaves(snapshot.snapshot_inner_state)
+                )
+                return restore, saved_inner
 
             new_updates, inner_state = jax.lax.cond(
                 decision.rollback, roll_back, step_or_skip, None
@@ -607,7 +889,21 @@ def aees(
         else:
             new_updates, inner_state = step_or_skip(None)
             displacement = None
-        norm = _global_norm(new_updates, core.float_dtype()) if track_update_norm else None
+        norm = _global_norm(new_updates, dtype) if track_update_norm else None
+        if config.guard:
+            landing = decision.rollback | take
+            emitted = norm
+            if emitted is None:
+                emitted = _at_most_once(
+                    landing, lambda: _global_norm(new_updates, dtype), jnp.zeros((), dtype)
+                )
+            nothing = jnp.full((), jnp.nan, dtype)
+            snapshot = snapshot._replace(
+                landing_distance=jnp.where(
+                    decision.rollback, 0.0, jnp.where(take, emitted, nothing)
+                ),
+                landing_update_norm=jnp.where(landing, emitted, nothing),
+            )
         new_core = record_step(
             step_config, core_state, value, norm, skip=~finite, displacement_norm=displacement
         )
@@ -617,6 +913,7 @@ def aees(
             aees_dynamic_knobs=_knob_arrays(config, traced),
             aees_structure=structure,
             aees_snapshot=snapshot,
+            aees_best=best,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
