@@ -418,7 +418,10 @@ class AEES:
             the knobs), or a guard snapshot that does not fit this optimizer
             (another optimizer class, other parameter shapes or state).
         """
-        loaded = self._checked_state_dict(state_dict)
+        self._install(self._checked_state_dict(state_dict))
+
+    def _install(self, loaded: _LoadedState) -> None:
+        """Take over a checked state dict (cannot fail)."""
         self._state = loaded.state
         self._seed = loaded.seed
         self._noise = loaded.noise
