@@ -102,11 +102,14 @@ def check(
 def fitted(config: AEESConfig, guard: GuardState) -> jax.Array:
     """Whether the training loss has nearly reached zero: below ``growth_fit_fraction`` of its start.
 
-    Only a positive starting loss defines the fraction; a loss that starts at or
-    below zero is never considered fitted.
+    The loss level is the lower of the fast and the slow EMA, so a loss that
+    falls quickly counts at once rather than after the slow EMA's lag. Only a
+    positive starting loss defines the fraction; a loss that starts at or below
+    zero is never considered fitted.
     """
     start = guard.guard_first_loss
-    return (start > 0.0) & (guard.guard_slow_loss < config.growth_fit_fraction * start)
+    level = jnp.minimum(guard.guard_fast_loss, guard.guard_slow_loss)
+    return (start > 0.0) & (level < config.growth_fit_fraction * start)
 
 
 def stepped(

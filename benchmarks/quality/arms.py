@@ -35,16 +35,39 @@ class InnerOptimizer:
 
     name: str
     label: str
-    make: Callable[[jax.Array], optax.GradientTransformation]
+    make: Callable[[jax.Array, int], optax.GradientTransformation]
     nominal_lr: float
+
+
+def _warmup_cosine(lr: jax.Array, steps: int) -> optax.Schedule:
+    """Linear warmup over 5% of the run to ``lr``, then cosine decay to zero at the end."""
+    warmup = max(1, steps // 20)
+    # Shaped with a unit peak and scaled after: the peak may be traced.
+    unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, steps, end_value=0.0)
+    return lambda count: lr * unit(count)
 
 
 INNER_OPTIMIZERS = {
     "adamw": InnerOptimizer(
-        "adamw", "AdamW", lambda lr: optax.adamw(lr, weight_decay=1e-4), nominal_lr=1e-3
+        "adamw", "AdamW", lambda lr, steps: optax.adamw(lr, weight_decay=1e-4), nominal_lr=1e-3
     ),
     "sgd_momentum": InnerOptimizer(
-        "sgd_momentum", "SGD+momentum 0.9", lambda lr: optax.sgd(lr, momentum=0.9), nominal_lr=1e-2
+        "sgd_momentum",
+        "SGD+momentum 0.9",
+        lambda lr, steps: optax.sgd(lr, momentum=0.9),
+        nominal_lr=1e-2,
+    ),
+    "adamw_cosine": InnerOptimizer(
+        "adamw_cosine",
+        "AdamW, warmup + cosine to 0",
+        lambda lr, steps: optax.adamw(_warmup_cosine(lr, steps), weight_decay=1e-4),
+        nominal_lr=1e-3,
+    ),
+    "sgd_momentum_cosine": InnerOptimizer(
+        "sgd_momentum_cosine",
+        "SGD+momentum 0.9, warmup + cosine to 0",
+        lambda lr, steps: optax.sgd(_warmup_cosine(lr, steps), momentum=0.9),
+        nominal_lr=1e-2,
     ),
 }
 
@@ -55,7 +78,8 @@ class Setting(NamedTuple):
     ``mis_set`` is ``base_lr / optimizer.nominal_lr``; learning-rate-free peers
     apply it to their own learning-rate knob, whose recommended value is 1.
     ``variant`` is the value of the arm's own swept knob (see `Arm.variants`);
-    ``key`` is the population member's own key for a randomised arm.
+    ``key`` is the population member's own key for a randomised arm;
+    ``steps`` is the length of the run (schedules decay over it).
     """
 
     optimizer: InnerOptimizer
@@ -63,11 +87,21 @@ class Setting(NamedTuple):
     mis_set: jax.Array
     variant: jax.Array
     key: jax.Array
+    steps: int
+
+    def inner(self) -> optax.GradientTransformation:
+        """The inner optimizer at this setting's base learning rate."""
+        return self.optimizer.make(self.base_lr, self.steps)
 
 
 def _no_multiplier(state: OptState, setting: Setting) -> jax.Array:
     del state, setting
     return jnp.array(jnp.nan, jnp.float32)
+
+
+def _same_params(state: OptState, params: optax.Params, final: bool) -> optax.Params:
+    del state, final
+    return params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +121,10 @@ class Arm:
         (``Setting.variant``); each value is reported as its own arm.
       variant_name: names each variant's runs, a format string with a
         ``{variant}`` field.
+      eval_aware: the arm is handed the validation loss as ``eval_value`` on
+        the first step after each evaluation (NaN on every other step).
+      eval_params: the parameters to evaluate, from the state and the trained
+        parameters; ``final`` is true for the evaluation that ends the run.
     """
 
     name: str
@@ -96,6 +134,8 @@ class Arm:
     multiplier: Callable[[OptState, Setting], jax.Array] = _no_multiplier
     variants: tuple[float, ...] = ()
     variant_name: str = ""
+    eval_aware: bool = False
+    eval_params: Callable[[OptState, optax.Params, bool], optax.Params] = _same_params
 
     def run_names(self) -> list[str]:
         """The reported arm names, one per variant."""
@@ -124,7 +164,7 @@ def fixed_arms(multipliers: tuple[float, ...] = WIDE_MULTIPLIERS) -> Arm:
         description="the inner optimizer's updates times a constant multiplier (`optax.scale`); "
         "`fixed_x1` is plain training at the given base LR",
         build=lambda s: optax.with_extra_args_support(
-            optax.chain(s.optimizer.make(s.base_lr), optax.scale(s.variant))
+            optax.chain(s.inner(), optax.scale(s.variant))
         ),
         multiplier=lambda state, setting: setting.variant,
         variants=multipliers,
@@ -132,15 +172,28 @@ def fixed_arms(multipliers: tuple[float, ...] = WIDE_MULTIPLIERS) -> Arm:
     )
 
 
-def aees_arm(name: str, **knobs: Any) -> Arm:
-    """AEES wrapped around the inner optimizer, with the given knobs."""
+def aees_arm(name: str, *, eval_aware: bool = False, **knobs: Any) -> Arm:
+    """AEES wrapped around the inner optimizer, with the given knobs.
+
+    With ``eval_aware`` the arm is fed the validation loss, and with
+    ``restore_best=True`` it ends on the parameters of its best one.
+    """
+    fed = " fed the validation loss as `eval_value`" if eval_aware else ""
+    restore = bool(knobs.get("restore_best"))
+
+    def eval_params(state: OptState, params: optax.Params, final: bool) -> optax.Params:
+        return pulseopt_optax.best_params(state, params) if final and restore else params
+
     return Arm(
         name=name,
         description="`pulseopt_optax.aees(inner, "
         + ", ".join(f"{k}={v!r}" for k, v in knobs.items())
-        + ")`",
-        build=lambda s: pulseopt_optax.aees(s.optimizer.make(s.base_lr), seed=s.key, **knobs),
+        + ")`"
+        + fed,
+        build=lambda s: pulseopt_optax.aees(s.inner(), seed=s.key, **knobs),
         multiplier=lambda state, setting: pulseopt_optax.current_candidate(state).lr_multiplier,
+        eval_aware=eval_aware,
+        eval_params=eval_params,
     )
 
 
@@ -151,10 +204,63 @@ def reduce_on_plateau_arm() -> Arm:
         description="`optax.contrib.reduce_on_plateau(factor=0.5, patience=5, "
         "accumulation_size=50)` after the inner optimizer (minibatch loss)",
         build=lambda s: optax.chain(
-            s.optimizer.make(s.base_lr),
+            s.inner(),
             contrib.reduce_on_plateau(factor=0.5, patience=5, accumulation_size=50),
         ),
         multiplier=lambda state, setting: optax.tree.get(state, "scale"),
+    )
+
+
+class _EvalPlateauState(NamedTuple):
+    plateau: Any
+
+
+def _eval_plateau(factor: float, patience: int) -> optax.GradientTransformationExtraArgs:
+    """``reduce_on_plateau`` driven by ``eval_value`` alone: it moves only on steps with an eval."""
+    plateau = contrib.reduce_on_plateau(factor=factor, patience=patience, accumulation_size=1)
+
+    def init(params: optax.Params) -> _EvalPlateauState:
+        return _EvalPlateauState(plateau.init(params))
+
+    def update(updates, state, params=None, *, eval_value=jnp.nan, **extra_args):
+        del params, extra_args
+        eval_value = jnp.asarray(eval_value, jnp.float32)
+        moved = jax.lax.cond(
+            jnp.isfinite(eval_value),
+            lambda s: plateau.update(updates, s, value=eval_value)[1],
+            lambda s: s,
+            state.plateau,
+        )
+        scaled = jax.tree.map(lambda u: (u * moved.scale).astype(u.dtype), updates)
+        return scaled, _EvalPlateauState(moved)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def reduce_on_plateau_eval_arm() -> Arm:
+    """Halve the step after 2 evaluations (every 50 steps) without improvement of the validation loss."""
+    return Arm(
+        name="reduce_on_plateau_eval",
+        description="`optax.contrib.reduce_on_plateau(factor=0.5, patience=2, "
+        "accumulation_size=1)` after the inner optimizer, updated only by the validation loss",
+        build=lambda s: optax.chain(s.inner(), _eval_plateau(factor=0.5, patience=2)),
+        multiplier=lambda state, setting: optax.tree.get(state, "scale"),
+        eval_aware=True,
+    )
+
+
+def schedule_free_arm() -> Arm:
+    """Schedule-free AdamW at its default LR times the mis-set factor, evaluated at its eval params."""
+    return Arm(
+        name="schedule_free_adamw",
+        description="`optax.contrib.schedule_free_adamw(learning_rate=2.5e-3 x factor, "
+        "warmup_steps=50)` (its default LR times the mis-set factor), evaluated at "
+        "`schedule_free_eval_params`; ignores the inner optimizer",
+        build=lambda s: optax.with_extra_args_support(
+            contrib.schedule_free_adamw(learning_rate=2.5e-3 * s.mis_set, warmup_steps=50)
+        ),
+        uses_inner=False,
+        eval_params=lambda state, params, final: contrib.schedule_free_eval_params(state, params),
     )
 
 
@@ -163,9 +269,7 @@ def mechanize_arm() -> Arm:
     return Arm(
         name="mechanize",
         description="`optax.contrib.mechanize(inner)` with the inner optimizer at the base LR",
-        build=lambda s: optax.with_extra_args_support(
-            contrib.mechanize(s.optimizer.make(s.base_lr))
-        ),
+        build=lambda s: optax.with_extra_args_support(contrib.mechanize(s.inner())),
     )
 
 
@@ -192,7 +296,7 @@ def dog_arm() -> Arm:
 
 
 def default_arms() -> dict[str, Arm]:
-    """Every arm of the published benchmark, in report order."""
+    """Every arm the benchmark knows, in report order (see `DEFAULT_ARMS` for the run)."""
     arms = [
         fixed_arms(),
         aees_arm("aees_reference", **REFERENCE_KNOBS),
@@ -204,9 +308,29 @@ def default_arms() -> dict[str, Arm]:
             control_mode="random",
         ),
         aees_arm("aees_robust", preset="robust"),
+        aees_arm("aees_robust_eval", preset="robust", restore_best=True, eval_aware=True),
         reduce_on_plateau_arm(),
+        reduce_on_plateau_eval_arm(),
         mechanize_arm(),
         prodigy_arm(),
+        schedule_free_arm(),
         dog_arm(),
     ]
     return {arm.name: arm for arm in arms}
+
+
+# The arms `make bench` runs. The wide-set AEES arms, DoG and the
+# minibatch-fed reduce_on_plateau ran in earlier reports (AEES over a wide set
+# was no better than random arms, DoG and a minibatch-fed plateau rule never
+# competitive); they stay available with ``--arms``.
+DEFAULT_ARMS = (
+    "fixed",
+    "aees_reference",
+    "aees_reference_random",
+    "aees_robust",
+    "aees_robust_eval",
+    "reduce_on_plateau_eval",
+    "mechanize",
+    "prodigy",
+    "schedule_free_adamw",
+)

@@ -48,31 +48,50 @@ def train_one(
     base_lr: jax.Array,
     seed: jax.Array,
 ) -> Trace:
-    """Train ``task`` once with ``arm`` at ``base_lr``; pure, so it jits and vmaps."""
+    """Train ``task`` once with ``arm`` at ``base_lr``; pure, so it jits and vmaps.
+
+    The validation loss is measured every ``eval_every`` steps at the arm's
+    evaluation parameters; an eval-aware arm receives it as ``eval_value`` on
+    the next step. The last entry is measured at the parameters the arm ends
+    the run with (for example its best ones, with ``restore_best``).
+    """
     init_key, data_key, arm_key = jax.random.split(jax.random.key(seed), 3)
     params = task.init_params(init_key)
-    setting = Setting(optimizer, base_lr, base_lr / optimizer.nominal_lr, variant, arm_key)
+    setting = Setting(
+        optimizer, base_lr, base_lr / optimizer.nominal_lr, variant, arm_key, task.steps
+    )
     tx = arm.build(setting)
     opt_state = tx.init(params)
+    nan = jnp.full((), jnp.nan, jnp.float32)
+
+    def validate(params, opt_state, final):
+        return task.loss(arm.eval_params(opt_state, params, final), task.val)
 
     def step(carry, t):
-        params, opt_state = carry
+        params, opt_state, eval_value = carry
         batch = task.sample_batch(jax.random.fold_in(data_key, t))
         loss, grads = jax.value_and_grad(task.loss)(params, batch)
         multiplier = arm.multiplier(opt_state, setting)
-        updates, opt_state = tx.update(grads, opt_state, params, value=loss)
-        return (optax.apply_updates(params, updates), opt_state), (loss, multiplier)
+        extra = {"eval_value": eval_value} if arm.eval_aware else {}
+        updates, opt_state = tx.update(grads, opt_state, params, value=loss, **extra)
+        return (optax.apply_updates(params, updates), opt_state, nan), (loss, multiplier)
 
     def block(carry, first_step):
-        carry, (losses, multipliers) = jax.lax.scan(
-            step, carry, first_step + jnp.arange(task.eval_every)
+        params, opt_state, eval_value = carry
+        (params, opt_state, _), (losses, multipliers) = jax.lax.scan(
+            step, (params, opt_state, eval_value), first_step + jnp.arange(task.eval_every)
         )
-        return carry, (losses, multipliers, task.loss(carry[0], task.val))
+        val = validate(params, opt_state, False).astype(jnp.float32)
+        return (params, opt_state, val), (losses, multipliers, val)
 
     blocks = task.steps // task.eval_every
     first_steps = jnp.arange(blocks) * task.eval_every
-    _, (losses, multipliers, val) = jax.lax.scan(block, (params, opt_state), first_steps)
-    val_loss = jnp.concatenate([task.loss(params, task.val)[None], val])
+    start_val = task.loss(params, task.val).astype(jnp.float32)
+    (params_end, state_end, _), (losses, multipliers, val) = jax.lax.scan(
+        block, (params, opt_state, start_val), first_steps
+    )
+    final = validate(params_end, state_end, True)
+    val_loss = jnp.concatenate([start_val[None], val[:-1], final[None]])
     return Trace(losses.reshape(-1), val_loss, multipliers.reshape(-1).astype(jnp.float32))
 
 

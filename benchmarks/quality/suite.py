@@ -28,9 +28,9 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from quality.arms import INNER_OPTIMIZERS, Arm, InnerOptimizer, default_arms
+from quality.arms import DEFAULT_ARMS, INNER_OPTIMIZERS, Arm, InnerOptimizer, default_arms
 from quality.metrics import Scoreboard, score
-from quality.report import plot_final_val, plot_multipliers, write_report
+from quality.report import DESIGN_PAIRS, plot_final_val, plot_multipliers, write_report
 from quality.runner import RunResult, run_population
 from quality.tasks import TASKS, Task
 
@@ -51,6 +51,7 @@ class SuiteOptions:
     optimizers: tuple[str, ...]
     arms: tuple[str, ...]
     seeds: int
+    first_seed: int
     steps: int | None
     reuse: bool
     report: Path
@@ -65,8 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--optimizers", nargs="+", default=list(INNER_OPTIMIZERS), choices=list(INNER_OPTIMIZERS)
     )
-    parser.add_argument("--arms", nargs="+", default=arms, choices=arms)
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=arms)
+    parser.add_argument("--seeds", type=int, default=5, help="how many seeds")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ..."
+    )
     parser.add_argument(
         "--steps", type=int, default=None, help="override every task's own step count"
     )
@@ -84,6 +88,7 @@ def options_from(args: argparse.Namespace) -> SuiteOptions:
         optimizers=tuple(args.optimizers),
         arms=tuple(args.arms),
         seeds=args.seeds,
+        first_seed=args.first_seed,
         steps=args.steps,
         reuse=args.reuse,
         report=args.report,
@@ -143,18 +148,22 @@ class SuiteResults:
 def run_suite(options: SuiteOptions) -> SuiteResults:
     """Train every (task, optimizer, arm) population and score it."""
     arms = default_arms()
-    seeds = np.arange(options.seeds)
+    seeds = options.first_seed + np.arange(options.seeds)
     boards, training_seconds = [], 0.0
     multipliers: dict[str, dict[tuple[str, str], np.ndarray]] = {}
-    jobs = [(t, a) for t in options.tasks for a in options.arms]
-    progress = tqdm(total=len(jobs) * len(options.optimizers), desc="quality", unit="run")
-    for task_name in options.tasks:
-        task = _make_task(task_name, options)
-        per_optimizer: dict[str, list[RunResult]] = {name: [] for name in options.optimizers}
+    tasks = {name: _make_task(name, options) for name in options.tasks}
+    plan = {
+        name: [o for o in options.optimizers if o in task.optimizers]
+        for name, task in tasks.items()
+    }
+    jobs = sum(len(optimizers) for optimizers in plan.values()) * len(options.arms)
+    progress = tqdm(total=jobs, desc="quality", unit="run")
+    for task_name, task in tasks.items():
+        per_optimizer: dict[str, list[RunResult]] = {name: [] for name in plan[task_name]}
         for arm_name in options.arms:
             arm = arms[arm_name]
             shared: list[RunResult] | None = None
-            for opt_name in options.optimizers:
+            for opt_name in plan[task_name]:
                 progress.set_postfix_str(f"{task_name} {opt_name} {arm_name}")
                 optimizer = INNER_OPTIMIZERS[opt_name]
                 if shared is None or arm.uses_inner:
@@ -199,7 +208,11 @@ def _method(options: SuiteOptions) -> list[str]:
     lines = ["Tasks:", ""]
     for name in options.tasks:
         task = _make_task(name, options)
-        lines.append(f"- `{name}`: {task.description}; {task.steps} steps")
+        regime = f" ({task.regime})" if task.regime else ""
+        lines.append(
+            f"- `{name}`: {task.description}; {task.steps} steps{regime}; inner optimizers: "
+            + ", ".join(f"`{o}`" for o in task.optimizers if o in options.optimizers)
+        )
     lines += ["", "Inner optimizers (the nominal LR is the grid's centre, not tuned per task):", ""]
     lines += [
         f"- `{name}`: {INNER_OPTIMIZERS[name].label}, nominal LR {INNER_OPTIMIZERS[name].nominal_lr:g}"
@@ -222,6 +235,14 @@ def _method(options: SuiteOptions) -> list[str]:
         "validation loss over seeds); `fixed_best_global` is the single multiplier that is "
         "best on average over all base LRs. Regret = final validation loss minus the "
         "oracle's on the same seed.",
+        "",
+        "Protocol for the robust preset's safety rules (no growth once the training loss is "
+        "below `growth_fit_fraction` of its start or while it rises, the spike floor, eval "
+        "control): they were designed on these (task, optimizer) pairs with seeds 100-102: "
+        + ", ".join(f"`{t}` · `{o}`" for t, o in sorted(DESIGN_PAIRS))
+        + ". Every other pair is held out (never run while designing), and this report's seeds "
+        f"({options.first_seed}-{options.first_seed + options.seeds - 1}) were used for no "
+        "pair during the design.",
     ]
     return lines
 

@@ -41,6 +41,9 @@ class Task:
       batch_size: minibatch size.
       steps: training steps per run.
       eval_every: validation loss is measured every this many steps.
+      optimizers: the inner optimizers (names in ``quality.arms.INNER_OPTIMIZERS``)
+        this task is trained with.
+      regime: one line saying what makes the task hard, for the report.
     """
 
     name: str
@@ -52,6 +55,8 @@ class Task:
     batch_size: int
     steps: int
     eval_every: int
+    optimizers: tuple[str, ...] = ("adamw", "sgd_momentum")
+    regime: str = ""
 
     def sample_batch(self, key: jax.Array) -> Batch:
         """A minibatch drawn uniformly with replacement from the training arrays."""
@@ -181,8 +186,146 @@ def teacher_regression(steps: int = 1000, dim: int = 16, noise: float = 0.1) -> 
     )
 
 
+# Inner optimizers of the tasks whose training loss reaches ~0 early: the
+# plain ones, and the same under warmup + cosine decay to zero.
+_WITH_SCHEDULES = ("adamw", "sgd_momentum", "adamw_cosine", "sgd_momentum_cosine")
+
+
+def small_digits(steps: int = 1000, train_size: int = 300) -> Task:
+    """Digits again, from only ``train_size`` training images, with a wider MLP that memorises them."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    train, val = _split(len(x), val_size=360)
+    train = train[:train_size]
+    sizes = (64, 128, 128, 10)
+    return Task(
+        name="small_digits",
+        description=f"scikit-learn digits, {train_size} train / 360 val, MLP 64-128-128-10, "
+        "cross-entropy",
+        init_params=lambda key: _dense_init(key, sizes),
+        loss=lambda params, batch: _cross_entropy(_mlp_apply(params, batch[0]), batch[1]),
+        train=(jnp.asarray(x[train]), jnp.asarray(y[train])),
+        val=(jnp.asarray(x[val]), jnp.asarray(y[val])),
+        batch_size=64,
+        steps=steps,
+        eval_every=50,
+        optimizers=_WITH_SCHEDULES,
+        regime="small data: the training loss nears zero early, then the model memorises",
+    )
+
+
+def noisy_blobs(steps: int = 1000) -> Task:
+    """Four classes from scikit-learn's ``make_classification`` with 10% flipped labels, 400 examples."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=1400,
+        n_features=20,
+        n_informative=10,
+        n_redundant=4,
+        n_classes=4,
+        n_clusters_per_class=2,
+        flip_y=0.1,
+        random_state=_SPLIT_SEED,
+    )
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    y = y.astype(np.int32)
+    train, val = _split(len(x), val_size=1000)
+    sizes = (20, 128, 128, 4)
+    return Task(
+        name="noisy_blobs",
+        description="make_classification (20 features, 4 classes, 10% flipped labels), "
+        "400 train / 1000 val, MLP 20-128-128-4, cross-entropy",
+        init_params=lambda key: _dense_init(key, sizes),
+        loss=lambda params, batch: _cross_entropy(_mlp_apply(params, batch[0]), batch[1]),
+        train=(jnp.asarray(x[train]), jnp.asarray(y[train])),
+        val=(jnp.asarray(x[val]), jnp.asarray(y[val])),
+        batch_size=64,
+        steps=steps,
+        eval_every=50,
+        optimizers=_WITH_SCHEDULES,
+        regime="small noisy data: fitting the flipped labels drives the training loss to ~0",
+    )
+
+
+def _conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def conv_digits(steps: int = 1000) -> Task:
+    """Digits as 8x8 images: two 3x3 convolutions (16 and 32 channels, the second strided)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    y = digits.target.astype(np.int32)
+    train, val = _split(len(x), val_size=360)
+
+    def init(key: jax.Array) -> Params:
+        k1, k2, k3 = jax.random.split(key, 3)
+        return {
+            "conv1": jax.random.normal(k1, (3, 3, 1, 16)) / 3.0,
+            "conv2": jax.random.normal(k2, (3, 3, 16, 32)) / 12.0,
+            "bias1": jnp.zeros((16,)),
+            "bias2": jnp.zeros((32,)),
+            "head": _dense_init(k3, (4 * 4 * 32, 10)),
+        }
+
+    def loss(params: Params, batch: Batch) -> jax.Array:
+        h = jax.nn.relu(_conv(batch[0], params["conv1"], 1) + params["bias1"])
+        h = jax.nn.relu(_conv(h, params["conv2"], 2) + params["bias2"])
+        logits = _mlp_apply(params["head"], h.reshape(h.shape[0], -1))
+        return _cross_entropy(logits, batch[1])
+
+    return Task(
+        name="conv_digits",
+        description="scikit-learn digits as 8x8x1 images (1437 train / 360 val), conv 3x3x16, "
+        "conv 3x3x32 stride 2, dense 512-10, cross-entropy",
+        init_params=init,
+        loss=loss,
+        train=(jnp.asarray(x[train]), jnp.asarray(y[train])),
+        val=(jnp.asarray(x[val]), jnp.asarray(y[val])),
+        batch_size=64,
+        steps=steps,
+        eval_every=50,
+        regime="a convolutional net",
+    )
+
+
+def illconditioned_regression(steps: int = 1000, dim: int = 32, noise: float = 0.1) -> Task:
+    """Linear least squares whose feature scales span 10^-1.5..1 (condition number 1000)."""
+    rng = np.random.default_rng(_SPLIT_SEED)
+    scales = np.logspace(0.0, -1.5, dim)
+    x = (rng.standard_normal((3072, dim)) * scales).astype(np.float32)
+    w = rng.standard_normal((dim, 1))
+    y = (x @ w + noise * rng.standard_normal((len(x), 1))).astype(np.float32)
+    train, val = _split(len(x), val_size=1024)
+    return Task(
+        name="illconditioned_regression",
+        description=f"linear regression, {dim} features with scales 1..10^-1.5, y = x w + "
+        f"N(0, {noise}^2), 2048 train / 1024 val, linear model, mean squared error",
+        init_params=lambda key: _dense_init(key, (dim, 1)),
+        loss=lambda params, batch: jnp.mean((_mlp_apply(params, batch[0]) - batch[1]) ** 2),
+        train=(jnp.asarray(x[train]), jnp.asarray(y[train])),
+        val=(jnp.asarray(x[val]), jnp.asarray(y[val])),
+        batch_size=64,
+        steps=steps,
+        eval_every=50,
+        regime="ill-conditioned: the nominal learning rate is far too low for the small directions",
+    )
+
+
 TASKS: dict[str, Callable[..., Task]] = {
     "digits_mlp": digits_mlp,
     "char_mlp": char_mlp,
     "teacher_regression": teacher_regression,
+    "small_digits": small_digits,
+    "noisy_blobs": noisy_blobs,
+    "conv_digits": conv_digits,
+    "illconditioned_regression": illconditioned_regression,
 }
