@@ -6,12 +6,19 @@ or Flax NNX optimizer state. The gradient-noise samplers live in `pulseopt_core.
 """
 
 from pulseopt_core.noise import NOISE_GENERATORS, add_gradient_noise, counter_normal
-from pulseopt_optax.inspect import current_candidate, finalize, find_aees_state, get_logs
+from pulseopt_optax.inspect import (
+    best_params,
+    current_candidate,
+    finalize,
+    find_aees_state,
+    get_logs,
+)
 from pulseopt_optax.transform import (
     DYNAMIC_KNOBS,
     STRUCTURAL_KNOBS,
     AEESStructure,
     AEESTransformState,
+    BestParams,
     GuardSnapshot,
     aees,
     all_finite,
@@ -23,10 +30,12 @@ __all__ = [
     "STRUCTURAL_KNOBS",
     "AEESStructure",
     "AEESTransformState",
+    "BestParams",
     "GuardSnapshot",
     "add_gradient_noise",
     "aees",
     "all_finite",
+    "best_params",
     "counter_normal",
     "current_candidate",
     "finalize",
