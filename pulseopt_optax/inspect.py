@@ -96,13 +96,18 @@ def current_candidate(opt_state: Any) -> core.Candidate:
     return core.current_candidate(find_aees_state(opt_state).aees_core_state)
 
 
-def best_params(opt_state: Any, params: optax.Params) -> optax.Params:
-    """The parameters at the best ``eval_value`` so far, or ``params`` before any eval.
+def best_params(
+    opt_state: Any, params: optax.Params, eval_value: jax.Array | float | None = None
+) -> optax.Params:
+    """The parameters at the best ``eval_value`` handed in, or ``params`` if they are better.
 
     Needs ``aees(..., restore_best=True)``. End a run that handed AEES its
-    held-out loss with ``params = pulseopt_optax.best_params(opt_state, params)``
-    to keep the best parameters seen (early stopping inside the optimizer).
-    Works inside ``jax.jit`` and on batched (vmapped) states.
+    held-out loss with ``params = pulseopt_optax.best_params(opt_state, params,
+    eval_value=final_eval)`` to keep the best parameters seen (early stopping
+    inside the optimizer). ``eval_value`` is the held-out loss of ``params``
+    themselves, typically measured after the last step; without it ``params``
+    are returned only when no eval was ever handed in. Works inside
+    ``jax.jit`` and on batched (vmapped) states.
 
     Raises:
       ValueError: if the `aees` state keeps no best parameters.
@@ -110,11 +115,15 @@ def best_params(opt_state: Any, params: optax.Params) -> optax.Params:
     state = find_aees_state(opt_state)
     if not isinstance(state.aees_best, BestParams):
         raise ValueError("best_params needs an aees transformation built with restore_best=True.")
-    seen = state.aees_core_state.guard.eval_count > 0
+    guard = state.aees_core_state.guard
+    use_best = guard.eval_count > 0
+    if eval_value is not None:
+        now = jnp.asarray(eval_value).astype(guard.eval_best_loss.dtype)
+        use_best = use_best & ~(jnp.isfinite(now) & (now < guard.eval_best_loss))
 
-    def pick(best: jax.Array, now: jax.Array) -> jax.Array:
-        when = jnp.reshape(seen, seen.shape + (1,) * (jnp.ndim(now) - seen.ndim))
-        return jnp.where(when, best, now)
+    def pick(best: jax.Array, current: jax.Array) -> jax.Array:
+        when = jnp.reshape(use_best, use_best.shape + (1,) * (jnp.ndim(current) - use_best.ndim))
+        return jnp.where(when, best, current)
 
     return jax.tree.map(pick, state.aees_best.best_params, params)
 

@@ -99,7 +99,7 @@ def _no_multiplier(state: OptState, setting: Setting) -> jax.Array:
     return jnp.array(jnp.nan, jnp.float32)
 
 
-def _same_params(state: OptState, params: optax.Params, final: bool) -> optax.Params:
+def _same_params(state: OptState, params: optax.Params, final: jax.Array | None) -> optax.Params:
     del state, final
     return params
 
@@ -124,7 +124,8 @@ class Arm:
       eval_aware: the arm is handed the validation loss as ``eval_value`` on
         the first step after each evaluation (NaN on every other step).
       eval_params: the parameters to evaluate, from the state and the trained
-        parameters; ``final`` is true for the evaluation that ends the run.
+        parameters; ``final`` is ``None`` during the run, and for the evaluation
+        that ends it, the validation loss of the trained parameters themselves.
     """
 
     name: str
@@ -135,7 +136,7 @@ class Arm:
     variants: tuple[float, ...] = ()
     variant_name: str = ""
     eval_aware: bool = False
-    eval_params: Callable[[OptState, optax.Params, bool], optax.Params] = _same_params
+    eval_params: Callable[[OptState, optax.Params, jax.Array | None], optax.Params] = _same_params
 
     def run_names(self) -> list[str]:
         """The reported arm names, one per variant."""
@@ -181,8 +182,10 @@ def aees_arm(name: str, *, eval_aware: bool = False, **knobs: Any) -> Arm:
     fed = " fed the validation loss as `eval_value`" if eval_aware else ""
     restore = bool(knobs.get("restore_best"))
 
-    def eval_params(state: OptState, params: optax.Params, final: bool) -> optax.Params:
-        return pulseopt_optax.best_params(state, params) if final and restore else params
+    def eval_params(state: OptState, params: optax.Params, final: jax.Array | None) -> optax.Params:
+        if final is None or not restore:
+            return params
+        return pulseopt_optax.best_params(state, params, eval_value=final)
 
     return Arm(
         name=name,

@@ -53,7 +53,8 @@ def train_one(
     The validation loss is measured every ``eval_every`` steps at the arm's
     evaluation parameters; an eval-aware arm receives it as ``eval_value`` on
     the next step. The last entry is measured at the parameters the arm ends
-    the run with (for example its best ones, with ``restore_best``).
+    the run with (for example its best ones, with ``restore_best``, which it
+    chooses knowing the validation loss of the trained parameters).
     """
     init_key, data_key, arm_key = jax.random.split(jax.random.key(seed), 3)
     params = task.init_params(init_key)
@@ -64,7 +65,7 @@ def train_one(
     opt_state = tx.init(params)
     nan = jnp.full((), jnp.nan, jnp.float32)
 
-    def validate(params, opt_state, final):
+    def validate(params, opt_state, final=None):
         return task.loss(arm.eval_params(opt_state, params, final), task.val)
 
     def step(carry, t):
@@ -81,7 +82,7 @@ def train_one(
         (params, opt_state, _), (losses, multipliers) = jax.lax.scan(
             step, (params, opt_state, eval_value), first_step + jnp.arange(task.eval_every)
         )
-        val = validate(params, opt_state, False).astype(jnp.float32)
+        val = validate(params, opt_state).astype(jnp.float32)
         return (params, opt_state, val), (losses, multipliers, val)
 
     blocks = task.steps // task.eval_every
@@ -90,7 +91,8 @@ def train_one(
     (params_end, state_end, _), (losses, multipliers, val) = jax.lax.scan(
         block, (params, opt_state, start_val), first_steps
     )
-    final = validate(params_end, state_end, True)
+    # The run ends on the arm's choice, given the trained parameters' own loss.
+    final = validate(params_end, state_end, validate(params_end, state_end))
     val_loss = jnp.concatenate([start_val[None], val[:-1], final[None]])
     return Trace(losses.reshape(-1), val_loss, multipliers.reshape(-1).astype(jnp.float32))
 

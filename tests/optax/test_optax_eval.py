@@ -58,6 +58,15 @@ def test_restore_best_returns_the_parameters_of_the_best_eval_exactly() -> None:
     assert not np.array_equal(best, params)
 
 
+def test_best_params_keep_the_current_ones_when_their_own_eval_is_better() -> None:
+    tx = pulseopt_optax.aees(optax.sgd(0.1), seed=0, restore_best=True)
+    params, state, history = _train(tx, {2: 3.0, 6: 1.0}, 10)
+    np.testing.assert_array_equal(pulseopt_optax.best_params(state, params, eval_value=0.5), params)
+    np.testing.assert_array_equal(
+        pulseopt_optax.best_params(state, params, eval_value=1.5), history[6]
+    )
+
+
 def test_best_params_before_any_eval_are_the_current_ones() -> None:
     tx = pulseopt_optax.aees(optax.sgd(0.1), seed=0, restore_best=True)
     params, state, _ = _train(tx, {}, 3)
