@@ -611,7 +611,24 @@ def aees(
     except the ``skipped_steps`` counter. (Should the inner optimizer turn
     finite gradients into non-finite updates, those pass through as in plain
     optax, and the core, which never records a non-finite norm, counts the
-    step as skipped.)
+    step as skipped.) With the guard on, a skipped step leaves the snapshot
+    alone too.
+
+    Where `aees` may sit: its updates must reach the parameters unchanged,
+    because a rollback is an update that carries the parameters back onto the
+    snapshot. So `aees` is the whole optimizer or the last element of an
+    ``optax.chain`` (transformations before it, such as clipping, only see
+    gradients), inside wrappers that pass its updates through
+    (``optax.MultiSteps``, ``optax.inject_hyperparams``, ``nnx.Optimizer``, a
+    linen ``TrainState``), and applied with ``optax.apply_updates``. Anything
+    that rescales or rewrites its updates afterwards (a learning rate after it
+    in a chain, ``optax.contrib.schedule_free``, lookahead, ...) goes inside
+    ``inner`` instead: ``aees(optax.chain(optax.scale_by_adam(),
+    optax.scale_by_learning_rate(0.1)))``. With the guard on this is checked
+    at the update after each snapshot and after each rollback (one distance
+    per episode): when the parameters did not move by the returned updates
+    (up to rounding), that update raises an error (a ``JaxRuntimeError``
+    naming this rule, raised from inside jit).
 
     The reward needs ``e_1 + eps > 0`` and ``e_n + eps > 0``. An episode of
     negative losses (a log-likelihood, a shifted objective) cannot be scored:
@@ -639,9 +656,11 @@ def aees(
       exploration_coef: UCB exploration coefficient.
       discount: UCB discount per update.
       warmup_rounds: times each arm is tried before UCB scores count.
-      seed: an int or a typed JAX key (``jax.random.key``); ``None`` draws fresh
-        entropy once, when `aees` is called. A traced key is fine, so a
-        vmapped ``init`` can give every population member its own key.
+      seed: an int, a typed JAX key (``jax.random.key``) or a raw one
+        (``jax.random.PRNGKey``); ``None`` draws fresh entropy once, when
+        `aees` is called. A traced key is fine, so a vmapped ``init`` can give
+        every population member its own key. An int gives the same key with
+        and without JAX's x64 mode (as ``jax.random.key`` does with x64).
       tie_break: ``"random"`` or ``"lowest"`` (deterministic comparisons).
       log_capacity: how many recent closed episodes the state keeps for logs.
       multiplier_mode: ``"absolute"`` (an LR arm is the multiplier) or
@@ -682,7 +701,7 @@ def aees(
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the
       loss as the keyword-only ``value``: ``update(updates, state, params=None,
       *, value, eval_value=None, **extra_args)``, where ``value`` is the loss at
-      ``params`` before this update and the optional ``eval_value`` a held-out
+      ``params`` before this update (a scalar, or an array of one element) and the optional ``eval_value`` a held-out
       loss measured at ``params`` (NaN on steps without an evaluation; see
       `pulseopt_core.record_eval`).
 
