@@ -800,6 +800,12 @@ def aees(
     has_noise = any(std > 0.0 for std in config.noise_candidates)
 
     def init_fn(params: optax.Params) -> AEESTransformState:
+        if seed is None and jax.process_count() > 1:
+            raise ValueError(
+                "seed=None draws its own entropy in every process, so the processes of a "
+                "jax.distributed run would take different decisions: pass the same seed "
+                "(an int or a key) to aees in every process."
+            )
         return AEESTransformState(
             aees_inner_state=inner.init(params),
             aees_core_state=core.init(config, _key_from_seed(key_source)),

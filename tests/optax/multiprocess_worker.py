@@ -130,7 +130,13 @@ def main() -> None:
     finished = jax.tree.leaves(to_numpy((params, state)))
     resumed = jax.tree.leaves(to_numpy((resumed_params, resumed_state)))
     logs = pulseopt_optax.get_logs(state)
+    try:
+        pulseopt_optax.aees(optax.sgd(0.1)).init(params)
+        seed_none_refused = False
+    except ValueError as error:
+        seed_none_refused = "same seed" in str(error)
     result = {
+        "seed_none_refused": seed_none_refused,
         "processes": jax.process_count(),
         "devices": jax.device_count(),
         "param_shards_here": len(params["w"].addressable_shards),

@@ -5,7 +5,8 @@ parameters sharded over the model axis, the batch over the data axis. With LR
 and noise arms and the robust preset (one rollback), both processes log the
 decisions of a single process that holds all four devices, and an orbax
 checkpoint written mid-episode by both restores to a bitwise-equal
-continuation. See `multiprocess_worker`.
+continuation; ``seed=None`` is refused, since every process would draw its
+own entropy. See `multiprocess_worker`.
 """
 
 from __future__ import annotations
@@ -53,12 +54,14 @@ def test_two_processes_decide_as_one_and_resume_from_a_checkpoint_bitwise(tmp_pa
 
     results = [json.loads((tmp_path / "multi" / f"process{i}.json").read_text()) for i in range(2)]
     alone = json.loads((tmp_path / "single" / "single.json").read_text())
+    assert not alone["seed_none_refused"]
     for result in results:
         assert result["processes"] == PROCESSES
         assert result["devices"] == 2 * PROCESSES
         assert result["param_shards_here"] == 2
         assert result["rollbacks"] == 1
         assert result["resumed_bitwise"]
+        assert result["seed_none_refused"]
         assert result["names"] == alone["names"]
         assert len(set(result["names"])) > 2
         np.testing.assert_allclose(result["rewards"], alone["rewards"], atol=1e-6)
