@@ -14,6 +14,10 @@ update norm are buffered on the host and handed to the core in one call
 (`_runtime.record_steps`, the same `core.record_step` applied in order) when
 the state is next read or the buffer is full. With the guard, each step's
 rollback decision needs the core, so every step is recorded at once.
+
+Each step reads the device once for the loss; the finiteness of every
+gradient travels in the same read (`_checked_loss`), so a step with a NaN or
+an infinite gradient is never applied.
 """
 
 from __future__ import annotations
@@ -97,11 +101,19 @@ class AEES:
         and growth never climbs back past a cut). While successive updates
         keep their direction (the parameters moved more than half their path
         length over the episode), the multiplier doubles at the episode's end.
-        Costs one copy of the parameters and of the optimizer state, one host
-        read per step and one distance per episode.
+        Holds one copy of the parameters and one of the optimizer state (plus
+        the update-norm buffer, which growth needs: a step's update is the
+        difference from the parameters before that step, which no snapshot
+        holds), all allocated by the end of the first step; costs one host
+        read per step, and at each episode boundary one distance computed in
+        the update-norm buffer (no temporary of the parameters' size). The
+        snapshot covers param groups added after construction from the next
+        step on (or the next `state_dict`).
       skip_nonfinite: on a NaN/Inf loss, skip the step (no optimizer or
         scheduler step, nothing recorded, counted in the core's
-        ``skipped_steps``) instead of raising ``ValueError``; for AMP loops.
+        ``skipped_steps``) instead of raising ``ValueError``. A step whose
+        gradients are not finite (with a finite loss) is always skipped this
+        way; with `torch.amp.GradScaler`, use `AEESOptimizer`.
 
     Example:
       >>> model = torch.nn.Linear(4, 1)
@@ -543,6 +555,9 @@ class AEES:
             loss_and_largest = [torch.tensor(float(loss), dtype=torch.float64, device=device)]
         if largest is not None:
             loss_and_largest.append(largest.to(device, torch.float64))
+        elif world_size > 1 and check:
+            # Every rank reduces the same shape, with or without gradients of its own.
+            loss_and_largest.append(torch.zeros((), dtype=torch.float64, device=device))
         if world_size > 1:
             # A fresh tensor: the caller's loss is never written to.
             total = torch.stack(loss_and_largest)
