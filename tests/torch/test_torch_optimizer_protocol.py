@@ -240,3 +240,21 @@ def test_with_the_robust_preset_an_overflow_is_not_a_spike() -> None:
     _, optimizer, _, _ = _scaled_run("robust", {OVERFLOW_STEP})
     assert int(optimizer.core_state.skipped_steps) == 1
     assert int(optimizer.core_state.guard.total_rollbacks) == 0
+
+
+def test_unscale_then_clip_then_scaler_step_equals_clipping_without_a_scaler() -> None:
+    def run(scaled: bool) -> list[torch.Tensor]:
+        model, optimizer = _optimizer_face()
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, enabled=scaled)
+        for step in range(8):
+            optimizer.zero_grad()
+            loss = loss_at(model, step)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.1)
+            optimizer.observe(loss)
+            scaler.step(optimizer)
+            scaler.update()
+        return _params(model)
+
+    assert all(torch.equal(a, b) for a, b in zip(run(True), run(False), strict=True))
