@@ -258,3 +258,23 @@ def test_unscale_then_clip_then_scaler_step_equals_clipping_without_a_scaler() -
         return _params(model)
 
     assert all(torch.equal(a, b) for a, b in zip(run(True), run(False), strict=True))
+
+
+def test_with_the_robust_preset_a_spike_rolls_back_through_step() -> None:
+    model, optimizer = _optimizer_face(preset="robust", guard_warmup_steps=2)
+    for step in range(9):
+        optimizer.step(_closure_for(model, optimizer, step))
+    before = _params(model)
+
+    def spiking() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_at(model, 9) * 1e4
+        loss.backward()
+        return loss
+
+    optimizer.step(spiking)
+    assert int(optimizer.core_state.guard.total_rollbacks) == 1
+    assert not all(torch.equal(a, b) for a, b in zip(_params(model), before, strict=True)), (
+        "restored to the snapshot of the last boundary, not to the spike's start"
+    )
+    optimizer.step(_closure_for(model, optimizer, 10))
