@@ -346,7 +346,9 @@ def record_step(
       loss: the loss at the parameters before this step's update.
       update_norm: the L2 norm of this step's parameter update, or ``None`` if
         not tracked (then ``mean_update_norms`` logs ``None``).
-      skip: when true the step is not recorded.
+      skip: when true the step is not recorded and never rolls back (a step
+        whose gradients are non-finite should instead be reported to the guard
+        with a non-finite loss, which counts as a spike).
       displacement_norm: with ``config.growth``, on a step that `guard_check`
         asked to snapshot, the L2 distance between the parameters this step
         starts from and the previous snapshot (ignored on other steps).
@@ -412,9 +414,10 @@ def record_step(
     recorded = jax.lax.cond(closes, lambda s: _close_episode(config, s), lambda s: s, moved)
     if not config.guard:
         return recorded
-    return jax.lax.cond(
-        decision.rollback, lambda s: _roll_back(config, s), lambda s: recorded, state
-    )
+    # A step the adapter skipped on its own account (for example a GradScaler
+    # overflow) is never a spike, whatever loss came with it.
+    rollback = decision.rollback & ~jnp.asarray(skip, bool)
+    return jax.lax.cond(rollback, lambda s: _roll_back(config, s), lambda s: recorded, state)
 
 
 @jax.jit(static_argnums=0)

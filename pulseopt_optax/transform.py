@@ -859,7 +859,11 @@ def aees(
                 )
         candidate = core.current_candidate(core_state)
         value = _scalar_loss(value)
-        finite = jnp.isfinite(value) & all_finite(updates)
+        value_finite = jnp.isfinite(value)
+        finite = value_finite & all_finite(updates)
+        # Non-finite gradients under a finite loss: a plain skip, never a spike
+        # (a non-finite loss is one, under the guard).
+        skipped = value_finite & ~finite
 
         def step(_: None) -> tuple[optax.Updates, optax.OptState]:
             grads = noised(updates, core_state, candidate.noise_std)
@@ -908,15 +912,14 @@ def aees(
                 )
                 return restore, saved_inner
 
-            new_updates, inner_state = jax.lax.cond(
-                decision.rollback, roll_back, step_or_skip, None
-            )
+            rollback = decision.rollback & ~skipped
+            new_updates, inner_state = jax.lax.cond(rollback, roll_back, step_or_skip, None)
         else:
             new_updates, inner_state = step_or_skip(None)
             displacement = None
         norm = _global_norm(new_updates, dtype) if track_update_norm else None
         if config.guard:
-            landing = decision.rollback | take
+            landing = rollback | take
             emitted = norm
             if emitted is None:
                 emitted = _at_most_once(
@@ -924,13 +927,11 @@ def aees(
                 )
             nothing = jnp.full((), jnp.nan, dtype)
             snapshot = snapshot._replace(
-                landing_distance=jnp.where(
-                    decision.rollback, 0.0, jnp.where(take, emitted, nothing)
-                ),
+                landing_distance=jnp.where(rollback, 0.0, jnp.where(take, emitted, nothing)),
                 landing_update_norm=jnp.where(landing, emitted, nothing),
             )
         new_core = record_step(
-            step_config, core_state, value, norm, skip=~finite, displacement_norm=displacement
+            step_config, core_state, value, norm, skip=skipped, displacement_norm=displacement
         )
         return new_updates, AEESTransformState(
             aees_inner_state=inner_state,

@@ -38,6 +38,7 @@ import torch.distributed as dist
 import pulseopt_core as core
 from pulseopt_core.logs import empty_logs, log_entries
 from pulseopt_torch import _runtime
+from pulseopt_torch._best import BestParams
 from pulseopt_torch._gradients import largest_magnitude
 from pulseopt_torch._noise import GradientNoise
 from pulseopt_torch._snapshot import Snapshot
@@ -83,8 +84,13 @@ class AEES:
       exploration_coef, discount, warmup_rounds, seed, tie_break, log_capacity,
       multiplier_mode, min_lr_scale, max_lr_scale, guard, guard_spike_ratio,
       guard_fast_alpha, guard_slow_alpha, guard_backoff, guard_max_consecutive,
-      guard_warmup_steps, growth, growth_threshold, growth_factor, growth_patience:
+      guard_warmup_steps, guard_spike_floor, growth, growth_threshold,
+      growth_factor, growth_patience, growth_fit_fraction, eval_patience,
+      eval_min_delta, restore_best:
         the knobs of `pulseopt_core.AEESConfig`, with the same defaults.
+        With ``restore_best`` the wrapper keeps one copy of the parameters,
+        taken at the best loss handed to `observe_eval`, and `finalize` copies
+        it back.
         ``log_capacity`` bounds only the core's in-state log: `get_logs` keeps
         every episode. With ``seed=None`` a seed is drawn once (and, under
         ``torch.distributed``, shared from rank 0).
@@ -172,6 +178,11 @@ class AEES:
         growth_threshold: float = 0.5,
         growth_factor: float = 2.0,
         growth_patience: int = 1,
+        guard_spike_floor: float = 0.05,
+        growth_fit_fraction: float = 0.02,
+        eval_patience: int = 2,
+        eval_min_delta: float = 1e-3,
+        restore_best: bool = False,
         preset: str | None = None,
         lr_scheduler: Any | None = None,
         track_update_norm: bool = True,
@@ -217,6 +228,11 @@ class AEES:
                 growth_threshold=growth_threshold,
                 growth_factor=growth_factor,
                 growth_patience=growth_patience,
+                guard_spike_floor=guard_spike_floor,
+                growth_fit_fraction=growth_fit_fraction,
+                eval_patience=eval_patience,
+                eval_min_delta=eval_min_delta,
+                restore_best=restore_best,
             )
             config = core.apply_preset(config, preset)
         for warning in caught:
@@ -234,6 +250,7 @@ class AEES:
         self._noise = GradientNoise(self._seed)
         self._norm_tracker = UpdateNormTracker() if track_update_norm else None
         self._snapshot = Snapshot(optimizer) if config.guard else None
+        self._best = BestParams(optimizer) if config.restore_best else None
 
         self._pending: list[tuple[float, float, bool]] = []
         self._applied_state: core.AEESState
@@ -353,8 +370,33 @@ class AEES:
             self._current_candidate = None
         self._record(loss_value, update_norm, skip=False, displacement=displacement)
 
+    def observe_eval(self, eval_loss: float | torch.Tensor) -> None:
+        """Hand AEES a held-out (validation) loss measured at the current parameters.
+
+        Optional, at any cadence, between steps. With the spike guard (the
+        robust preset) it steers the LR scale: growth needs the latest eval to
+        be a new best, and ``eval_patience`` evals in a row without one cut the
+        scale by ``guard_backoff`` from the next episode on. With
+        ``restore_best`` a new best is copied and `finalize` restores it (hand
+        in the last eval before `finalize` so the final parameters compete).
+        A NaN changes nothing. Under `torch.distributed` the value is averaged
+        over ranks; it costs one host read.
+
+        Raises:
+          ValueError: if ``eval_loss`` is a tensor with more than one element.
+        """
+        value, _ = self._checked_loss(eval_loss, check=False)
+        with _runtime.on_cpu_in_float64():
+            self._state = _runtime.record_eval(self._core_config, self._state, value)
+            improved = bool(jax.device_get(self._state.guard.eval_improved))
+        if self._best is not None and improved and math.isfinite(value):
+            self._best.take()
+
     def finalize(self) -> None:
         """Close the trailing partial episode (if it has steps) so it is scored and logged.
+
+        With ``restore_best`` the parameters at the best `observe_eval` loss
+        are copied back into the model.
 
         Raises:
           RuntimeError: if a step is open.
@@ -363,6 +405,8 @@ class AEES:
             raise RuntimeError(
                 "finalize() called with an open step; call step_end(loss) before finalize()."
             )
+        if self._best is not None:
+            self._best.restore()
         if self._episode_steps == 0:
             return
         with _runtime.on_cpu_in_float64():
@@ -416,6 +460,7 @@ class AEES:
             "noise_generators": self._noise.state_dict(),
             "step_open": self._current_candidate is not None,
             "guard_snapshot": (self._snapshot.state_dict() if self._snapshot is not None else None),
+            "best_params": self._best.state_dict() if self._best is not None else None,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -440,6 +485,8 @@ class AEES:
         self._logs = loaded.logs
         if loaded.snapshot is not None:
             self._snapshot = loaded.snapshot
+        if self._best is not None:
+            self._best.load(loaded.best)
         self._logged_episodes = len(loaded.logs["episode_rewards"])
         self._episode_steps, self._core_step, self._episodes_closed = loaded.counters
         self._episode_candidate = None
@@ -499,12 +546,17 @@ class AEES:
         snapshot = None
         if self._snapshot is not None:
             snapshot = Snapshot.from_state_dict(self._optimizer, state_dict["guard_snapshot"])
+        # Optional: checkpoints written before restore_best existed have none.
+        best = None
+        if self._best is not None:
+            best = self._best.checked(state_dict.get("best_params"))
         return _LoadedState(
             state=state,
             seed=seed,
             noise=noise,
             logs=logs,
             snapshot=snapshot,
+            best=best,
             counters=(episode_steps, core_step, episodes_closed),
             step_open=step_open,
         )
@@ -768,6 +820,7 @@ class _LoadedState:
     noise: GradientNoise
     logs: dict[str, list[Any]]
     snapshot: Snapshot | None
+    best: list[torch.Tensor] | None
     counters: tuple[int, int, int]
     step_open: bool
 

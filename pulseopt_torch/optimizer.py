@@ -221,6 +221,10 @@ class AEESOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ AEES
 
+    def observe_eval(self, eval_loss: float | torch.Tensor) -> None:
+        """Hand AEES a held-out loss at the current parameters (see `AEES.observe_eval`)."""
+        self._aees.observe_eval(eval_loss)
+
     def finalize(self) -> None:
         """Close the trailing partial episode (see `AEES.finalize`)."""
         self._aees.finalize()
