@@ -20,8 +20,14 @@ from pathlib import Path
 from quality import suite
 
 BENCHMARKS = Path(__file__).resolve().parent
-OVERHEAD_SCRIPTS = ("optax_bench.py", "torch_bench.py")
-SECTIONS = ("results_optax.md", "results_torch.md", "results_quality.md")
+OVERHEAD_SCRIPTS = ("optax_bench.py", "torch_bench.py", "shapes_bench.py", "memory_bench.py")
+SECTIONS = (
+    "results_optax.md",
+    "results_torch.md",
+    "results_shapes.md",
+    "results_memory.md",
+    "results_quality.md",
+)
 RESULTS = BENCHMARKS / "RESULTS.md"
 
 
