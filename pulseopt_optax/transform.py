@@ -562,15 +562,15 @@ def aees(
     log_capacity: int = 1024,
     multiplier_mode: str = "absolute",
     min_lr_scale: float = 0.015625,
-    max_lr_scale: float = 1.0,
-    guard: bool = False,
+    max_lr_scale: float | None = None,
+    guard: bool | None = None,
     guard_spike_ratio: float = 2.0,
     guard_fast_alpha: float = 0.3,
     guard_slow_alpha: float = 0.02,
     guard_backoff: float = 0.5,
     guard_max_consecutive: int = 3,
     guard_warmup_steps: int = 20,
-    growth: bool = False,
+    growth: bool | None = None,
     growth_threshold: float = 0.5,
     growth_factor: float = 2.0,
     growth_patience: int = 1,
@@ -666,7 +666,7 @@ def aees(
       multiplier_mode: ``"absolute"`` (an LR arm is the multiplier) or
         ``"relative"`` (an arm multiplies a running scale each episode).
       min_lr_scale: floor of the running LR scale.
-      max_lr_scale: ceiling of the running LR scale.
+      max_lr_scale: ceiling of the running LR scale (``None``: 1, or the preset's).
       guard: the spike guard. When the loss spikes (its fast EMA passes
         ``guard_spike_ratio`` times its slow EMA) or turns non-finite, the step
         returns updates that carry the parameters back onto the snapshot taken
@@ -691,7 +691,10 @@ def aees(
         (one more copy of the parameters); `best_params` returns it.
       preset: ``None`` (the knobs as given) or ``"robust"`` (``guard=True``,
         ``growth=True``, ``max_lr_scale=64``): the recommended setting when the
-        base learning rate may be mis-set in either direction.
+        base learning rate may be mis-set in either direction. ``max_lr_scale``,
+        ``guard`` and ``growth`` default to ``None`` (not given): the preset's
+        value, else 1, False, False; a value given wins, also one equal to the
+        default (``preset="robust", growth=False`` is the guard alone).
       track_update_norm: record the L2 norm of every update (one reduction per
         step); ``False`` logs ``None`` for ``mean_update_norms``.
       noise_generator: ``"counter"`` (fused counter-based sampler, the default)
@@ -777,13 +780,16 @@ def aees(
                 f"value; when wrapping aees in optax.inject_hyperparams, pass "
                 f"static_args=pulseopt_optax.STRUCTURAL_KNOBS."
             )
+    # ``None`` for a preset's knob means "not given": the preset's value, else
+    # the default; anything given wins over the preset.
+    given = {name: value for name, value in knobs.items() if value is not None}
     static: dict[str, Any] = {
         name: (_python_sequence if name in _SEQUENCE_KNOBS else _python_scalar)(name, value)
-        for name, value in knobs.items()
+        for name, value in given.items()
         if name not in traced
     }
     # Validated eagerly; traced knobs take their defaults here (see DYNAMIC_KNOBS).
-    config = core.apply_preset(core.AEESConfig(**static), preset)
+    config = core.apply_preset(core.AEESConfig(**static), preset, explicit=given.keys())
     core.require_update_norms(config, track_update_norm)
     step_config = _with_dynamic_knobs(config, traced)
     structure = AEESStructure.of(config)

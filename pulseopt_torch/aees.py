@@ -98,6 +98,9 @@ class AEES:
       track_update_norm: record the L2 norm of each step's parameter update
         (one parameter-sized buffer, allocated once). With ``False`` nothing
         parameter-sized is allocated and ``mean_update_norms`` logs ``None``.
+      max_lr_scale, guard, growth: ``None`` (not given) takes the preset's value,
+        or the default (1, False, False) without one; a value given wins over
+        the preset, also one equal to the default.
       preset: ``None`` (the published behaviour, the default) or ``"robust"``:
         the spike guard and growth on, ``max_lr_scale=64``. When the loss
         spikes (its fast average passes twice its slow average) or turns
@@ -166,15 +169,15 @@ class AEES:
         log_capacity: int = 1024,
         multiplier_mode: str = "absolute",
         min_lr_scale: float = 1.0 / 64.0,
-        max_lr_scale: float = 1.0,
-        guard: bool = False,
+        max_lr_scale: float | None = None,
+        guard: bool | None = None,
         guard_spike_ratio: float = 2.0,
         guard_fast_alpha: float = 0.3,
         guard_slow_alpha: float = 0.02,
         guard_backoff: float = 0.5,
         guard_max_consecutive: int = 3,
         guard_warmup_steps: int = 20,
-        growth: bool = False,
+        growth: bool | None = None,
         growth_threshold: float = 0.5,
         growth_factor: float = 2.0,
         growth_patience: int = 1,
@@ -193,7 +196,19 @@ class AEES:
         # The config warns about ignored knobs; re-issue at the caller's line.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # ``None`` for a preset's knob means "not given": the preset's
+            # value, else the default; anything given wins over the preset.
+            preset_knobs: dict[str, Any] = {
+                name: value
+                for name, value in (
+                    ("max_lr_scale", max_lr_scale),
+                    ("guard", guard),
+                    ("growth", growth),
+                )
+                if value is not None
+            }
             config = core.AEESConfig(
+                **preset_knobs,
                 lr_candidates=_as_candidates(lr_candidates),
                 noise_candidates=_as_candidates(noise_candidates),
                 episode_length=episode_length,
@@ -216,15 +231,12 @@ class AEES:
                 log_capacity=log_capacity,
                 multiplier_mode=multiplier_mode,
                 min_lr_scale=min_lr_scale,
-                max_lr_scale=max_lr_scale,
-                guard=guard,
                 guard_spike_ratio=guard_spike_ratio,
                 guard_fast_alpha=guard_fast_alpha,
                 guard_slow_alpha=guard_slow_alpha,
                 guard_backoff=guard_backoff,
                 guard_max_consecutive=guard_max_consecutive,
                 guard_warmup_steps=guard_warmup_steps,
-                growth=growth,
                 growth_threshold=growth_threshold,
                 growth_factor=growth_factor,
                 growth_patience=growth_patience,
@@ -234,7 +246,7 @@ class AEES:
                 eval_min_delta=eval_min_delta,
                 restore_best=restore_best,
             )
-            config = core.apply_preset(config, preset)
+            config = core.apply_preset(config, preset, explicit=preset_knobs.keys())
         for warning in caught:
             warnings.warn(warning.message, warning.category, stacklevel=2)
 

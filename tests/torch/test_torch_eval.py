@@ -84,3 +84,19 @@ def test_the_optimizer_face_takes_eval_losses_too() -> None:
     optimizer = AEESOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
     optimizer.observe_eval(0.5)
     assert int(optimizer.core_state.guard.eval_count) == 1
+
+
+@pytest.mark.parametrize(
+    ("knobs", "expected"),
+    [
+        ({}, (True, True, 64.0)),
+        ({"growth": False}, (True, False, 64.0)),
+        ({"max_lr_scale": 1.0}, (True, True, 1.0)),
+    ],
+)
+def test_explicit_knobs_win_over_the_preset_even_at_their_defaults(
+    knobs: dict, expected: tuple
+) -> None:
+    model = torch.nn.Linear(2, 1)
+    aees = AEES(torch.optim.SGD(model.parameters(), lr=0.1), preset="robust", **knobs)
+    assert (aees.config.guard, aees.config.growth, aees.config.max_lr_scale) == expected
