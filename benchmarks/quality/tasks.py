@@ -191,20 +191,19 @@ def teacher_regression(steps: int = 1000, dim: int = 16, noise: float = 0.1) -> 
 _WITH_SCHEDULES = ("adamw", "sgd_momentum", "adamw_cosine", "sgd_momentum_cosine")
 
 
-def small_digits(steps: int = 1000, train_size: int = 300) -> Task:
-    """Digits again, from only ``train_size`` training images, with a wider MLP that memorises them."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    train, val = _split(len(x), val_size=360)
-    train = train[:train_size]
-    sizes = (64, 128, 128, 10)
+def _small_mlp_classifier(
+    name: str,
+    description: str,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    sizes: tuple[int, ...],
+    steps: int,
+    regime: str,
+) -> Task:
+    """A small-data MLP classification task, trained with and without LR schedules."""
+    x, y, train, val = data
     return Task(
-        name="small_digits",
-        description=f"scikit-learn digits, {train_size} train / 360 val, MLP 64-128-128-10, "
-        "cross-entropy",
+        name=name,
+        description=description,
         init_params=lambda key: _dense_init(key, sizes),
         loss=lambda params, batch: _cross_entropy(_mlp_apply(params, batch[0]), batch[1]),
         train=(jnp.asarray(x[train]), jnp.asarray(y[train])),
@@ -213,7 +212,25 @@ def small_digits(steps: int = 1000, train_size: int = 300) -> Task:
         steps=steps,
         eval_every=50,
         optimizers=_WITH_SCHEDULES,
-        regime="small data: the training loss nears zero early, then the model memorises",
+        regime=regime,
+    )
+
+
+def small_digits(steps: int = 1000, train_size: int = 300) -> Task:
+    """Digits again, from only ``train_size`` training images, with a wider MLP that memorises them."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    train, val = _split(len(x), val_size=360)
+    return _small_mlp_classifier(
+        "small_digits",
+        f"scikit-learn digits, {train_size} train / 360 val, MLP 64-128-128-10, cross-entropy",
+        (x, y, train[:train_size], val),
+        (64, 128, 128, 10),
+        steps,
+        "small data: the training loss nears zero early, then the model memorises",
     )
 
 
@@ -232,22 +249,15 @@ def noisy_blobs(steps: int = 1000) -> Task:
         random_state=_SPLIT_SEED,
     )
     x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
-    y = y.astype(np.int32)
     train, val = _split(len(x), val_size=1000)
-    sizes = (20, 128, 128, 4)
-    return Task(
-        name="noisy_blobs",
-        description="make_classification (20 features, 4 classes, 10% flipped labels), "
-        "400 train / 1000 val, MLP 20-128-128-4, cross-entropy",
-        init_params=lambda key: _dense_init(key, sizes),
-        loss=lambda params, batch: _cross_entropy(_mlp_apply(params, batch[0]), batch[1]),
-        train=(jnp.asarray(x[train]), jnp.asarray(y[train])),
-        val=(jnp.asarray(x[val]), jnp.asarray(y[val])),
-        batch_size=64,
-        steps=steps,
-        eval_every=50,
-        optimizers=_WITH_SCHEDULES,
-        regime="small noisy data: fitting the flipped labels drives the training loss to ~0",
+    return _small_mlp_classifier(
+        "noisy_blobs",
+        "make_classification (20 features, 4 classes, 10% flipped labels), 400 train / 1000 "
+        "val, MLP 20-128-128-4, cross-entropy",
+        (x, y.astype(np.int32), train, val),
+        (20, 128, 128, 4),
+        steps,
+        "small noisy data: fitting the flipped labels drives the training loss to ~0",
     )
 
 
