@@ -509,14 +509,7 @@ class AEES:
 
     def _checked_state_dict(self, state_dict: object) -> _LoadedState:
         """Everything `load_state_dict` needs, built and checked without touching ``self``."""
-        if not isinstance(state_dict, Mapping):
-            raise ValueError(
-                "state_dict must be a dict as returned by AEES.state_dict(), got "
-                f"{type(state_dict).__name__}."
-            )
-        missing = [key for key in _STATE_DICT_KEYS if key not in state_dict]
-        if missing:
-            raise ValueError(f"state_dict lacks the entries {', '.join(map(repr, missing))}.")
+        state_dict = checked_entries(state_dict, _STATE_DICT_KEYS, "AEES")
         version = state_dict["version"]
         if version != _STATE_DICT_VERSION:
             raise ValueError(
@@ -835,6 +828,23 @@ class _LoadedState:
     best: list[torch.Tensor] | None
     counters: tuple[int, int, int]
     step_open: bool
+
+
+def checked_entries(state_dict: object, keys: Iterable[str], owner: str) -> Mapping[str, Any]:
+    """``state_dict`` if it is a mapping holding every entry in ``keys``.
+
+    Raises:
+      ValueError: naming the type, or the missing entries, in ``owner``'s terms.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"state_dict must be a dict as returned by {owner}.state_dict(), got "
+            f"{type(state_dict).__name__}."
+        )
+    missing = [key for key in keys if key not in state_dict]
+    if missing:
+        raise ValueError(f"state_dict lacks the entries {', '.join(map(repr, missing))}.")
+    return state_dict
 
 
 def _checked_logs(logs: object, keys: Iterable[str]) -> dict[str, list[Any]]:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 import pulseopt_core as core
-from pulseopt_torch.aees import AEES
+from pulseopt_torch.aees import AEES, checked_entries
 
 _STATE_DICT_KEYS = ("optimizer", "aees", "next_step")
 
@@ -200,14 +200,7 @@ class AEESOptimizer(torch.optim.Optimizer):
         Raises:
           ValueError: naming what is wrong (see `AEES.load_state_dict`).
         """
-        if not isinstance(state_dict, Mapping):
-            raise ValueError(
-                "state_dict must be a dict as returned by AEESOptimizer.state_dict(), got "
-                f"{type(state_dict).__name__}."
-            )
-        missing = [key for key in _STATE_DICT_KEYS if key not in state_dict]
-        if missing:
-            raise ValueError(f"state_dict lacks the entries {', '.join(map(repr, missing))}.")
+        state_dict = checked_entries(state_dict, _STATE_DICT_KEYS, "AEESOptimizer")
         next_step = state_dict["next_step"]
         if isinstance(next_step, bool) or not isinstance(next_step, int) or next_step < 0:
             raise ValueError(
