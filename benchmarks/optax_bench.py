@@ -108,6 +108,7 @@ def variants() -> dict[str, optax.GradientTransformation]:
         "aees": pulseopt_optax.aees(adamw, seed=0),
         "aees_no_norm": pulseopt_optax.aees(adamw, seed=0, track_update_norm=False),
         "aees_robust": pulseopt_optax.aees(adamw, seed=0, preset="robust"),
+        "aees_robust_eval": pulseopt_optax.aees(adamw, seed=0, preset="robust", restore_best=True),
         "adamw_add_noise": optax.chain(optax.add_noise(NOISE_STD**2, 0.0, 0), adamw),
         "aees_noise": pulseopt_optax.aees(adamw, noise_candidates=(NOISE_STD,), seed=0),
         "aees_noise_arms": pulseopt_optax.aees(
@@ -119,7 +120,14 @@ def variants() -> dict[str, optax.GradientTransformation]:
     }
 
 
-def make_runner(tx: optax.GradientTransformation, steps: int) -> Callable[[], float]:
+# Variants handed an ``eval_value`` every step: NaN, as on the steps between
+# evaluations, which are nearly all of them.
+EVAL_FED = frozenset({"aees_robust_eval"})
+
+
+def make_runner(
+    tx: optax.GradientTransformation, steps: int, *, eval_fed: bool = False
+) -> Callable[[], float]:
     """A closure that runs ``steps`` jitted train steps and returns seconds per step."""
     graphdef, params = nnx.split(MLP(nnx.Rngs(0)))
     x = jax.random.normal(jax.random.key(1), (BATCH, 64))
@@ -133,7 +141,8 @@ def make_runner(tx: optax.GradientTransformation, steps: int) -> Callable[[], fl
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def train_step(p: Any, opt_state: Any) -> tuple[Any, Any, jax.Array]:
         loss, grads = jax.value_and_grad(loss_fn)(p)
-        updates, opt_state = tx.update(grads, opt_state, p, value=loss)
+        extra = {"eval_value": jnp.float32(jnp.nan)} if eval_fed else {}
+        updates, opt_state = tx.update(grads, opt_state, p, value=loss, **extra)
         return optax.apply_updates(p, updates), opt_state, loss
 
     state = {"params": params, "opt_state": tx.init(params)}
@@ -153,7 +162,9 @@ def make_runner(tx: optax.GradientTransformation, steps: int) -> Callable[[], fl
 
 
 def measure(rounds: int, steps: int, seed: int = 0) -> dict[str, float]:
-    runners = {name: make_runner(tx, steps) for name, tx in variants().items()}
+    runners = {
+        name: make_runner(tx, steps, eval_fed=name in EVAL_FED) for name, tx in variants().items()
+    }
     samples: dict[str, list[float]] = {name: [] for name in runners}
     order = list(runners)
     shuffler = random.Random(seed)
@@ -177,6 +188,10 @@ def ratios(median: dict[str, float]) -> dict[str, tuple[float, float]]:
             1.05,
         ),
         "aees_robust / aees": (median["aees_robust"] / median["aees"], 1.15),
+        "aees_robust_eval (restore_best, eval_value fed) / aees": (
+            median["aees_robust_eval"] / median["aees"],
+            1.15,
+        ),
         "noise extra / add_noise extra": (noise_extra / add_noise_extra, 0.30),
         "noise arms (cond) extra / add_noise extra": (
             (median["aees_noise_arms"] - median["aees"]) / add_noise_extra,

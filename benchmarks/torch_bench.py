@@ -50,17 +50,31 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ours_norm": ("ours", {**LR_ONLY, "track_update_norm": True}),
     "ours_no_norm": ("ours", {**LR_ONLY, "track_update_norm": False}),
     "ours_robust": ("ours", {**LR_ONLY, "track_update_norm": True, "preset": "robust"}),
+    "ours_robust_eval": (
+        "ours_eval",
+        {**LR_ONLY, "track_update_norm": True, "preset": "robust", "restore_best": True},
+    ),
+    "ours_optimizer_norm": ("ours_optimizer", {**LR_ONLY, "track_update_norm": True}),
+    "ours_optimizer_no_norm": ("ours_optimizer", {**LR_ONLY, "track_update_norm": False}),
     "reference_lr_only": ("reference", LR_ONLY),
     "ours_default_noise": ("ours", README_DEFAULT),
     "reference_default_noise": ("reference", README_DEFAULT),
 }
 
 
+# The eval-fed variant hands a held-out loss to `observe_eval` this often.
+EVAL_EVERY = 50
+
+
 def _wrapper_class(kind: str) -> type | None:
-    if kind == "ours":
+    if kind in ("ours", "ours_eval"):
         from pulseopt_torch import AEES
 
         return AEES
+    if kind == "ours_optimizer":
+        from pulseopt_torch import AEESOptimizer
+
+        return AEESOptimizer
     if kind == "reference":
         from pulseopt import AEES as Reference
 
@@ -87,8 +101,23 @@ def _make_step(name: str) -> Callable[[], float]:
     inputs, targets = torch.randn(64, 64), torch.randint(0, 10, (64,))
     counter = [0]
 
+    held_out = torch.randn(64, 64), torch.randint(0, 10, (64,))
+
     def step() -> float:
         begin = time.perf_counter()
+        if kind == "ours_eval" and counter[0] % EVAL_EVERY == 0:
+            with torch.no_grad():
+                aees.observe_eval(
+                    torch.nn.functional.cross_entropy(model(held_out[0]), held_out[1])
+                )
+        if kind == "ours_optimizer":
+            aees.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+            loss.backward()
+            aees.observe(loss)
+            aees.step()
+            counter[0] += 1
+            return time.perf_counter() - begin
         if aees is not None:
             aees.step_start(counter[0])
         optimizer.zero_grad()
@@ -219,6 +248,17 @@ def main() -> None:
             1.00,
         ),
         "ours_robust / ours_norm (preset overhead)": ("ours_robust", "ours_norm", 1.15),
+        "ours_robust_eval / ours_norm (eval-fed preset, restore_best, eval every 50 steps)": (
+            "ours_robust_eval",
+            "ours_norm",
+            1.15,
+        ),
+        "ours_optimizer_norm / plain (AEESOptimizer)": ("ours_optimizer_norm", "plain", 1.15),
+        "ours_optimizer_no_norm / plain (AEESOptimizer)": (
+            "ours_optimizer_no_norm",
+            "plain",
+            1.06,
+        ),
     }
     lines += ["", "| check | measured | limit | ok |", "|---|---:|---:|---|"]
     for check, (numerator, denominator, limit) in checks.items():
