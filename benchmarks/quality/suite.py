@@ -223,7 +223,7 @@ def _method(options: SuiteOptions) -> list[str]:
         lines.append(f"- `{name}`: {arms[name].description}")
     lines += [
         "",
-        "Every arm trains on batch-64 minibatches at base LR = nominal × "
+        "Every arm trains on minibatches (64 examples; 32 for `conv_digits`) at base LR = nominal × "
         + ", ".join(f"{f:.3g}" for f in MIS_SET_FACTORS)
         + f" ({MIS_SET_FACTORS[-1] / MIS_SET_FACTORS[0]:.0f}x range), with {options.seeds} seeds.",
         "Each (arm, task, optimizer) is one jitted program: `lax.scan` over steps, `vmap` over "
