@@ -2,8 +2,9 @@
 
 Both adapters run the same core functions with the same key derivation, so the
 same config, seed and loss sequence give the same arms, buckets and rewards.
-The torch adapter keeps its statistics in float64, so the optax run here uses
-JAX's x64 mode too.
+The torch adapter keeps its statistics in float64; the optax run here uses
+JAX's x64 mode too, so that rewards compare exactly (the same decisions in
+optax's default float32 are tested in tests/optax/test_optax_default_precision.py).
 """
 
 from __future__ import annotations
