@@ -326,6 +326,10 @@ def _panels(boards: Sequence[Scoreboard]) -> tuple[Any, dict[tuple[str, str], An
 def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
+    # Tasks trained without the schedule-wrapped optimizers leave panels empty.
+    for ax in fig.axes:
+        if not ax.has_data():
+            ax.set_visible(False)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
