@@ -433,10 +433,83 @@ def _at_most_once(run: jax.Array, body: Callable[[], Any], idle: Any) -> Any:
     `jax.vmap` the loop runs only when some member needs it.
     """
 
+    return _once(run, body, idle)[1]
+
+
+def _once(run: jax.Array, body: Callable[[], Any], idle: Any) -> tuple[jax.Array, Any]:
+    """`_at_most_once`, and the loop's exit predicate (``False``; see `_after`)."""
+
     def once(carry: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
         return jnp.zeros((), bool), body()
 
-    return jax.lax.while_loop(lambda carry: carry[0], once, (jnp.asarray(run, bool), idle))[1]
+    pending, result = jax.lax.while_loop(
+        lambda carry: carry[0], once, (jnp.asarray(run, bool), idle)
+    )
+    return pending, result
+
+
+def _after(pending: jax.Array, run: jax.Array) -> jax.Array:
+    """``run``, computed after ``pending``: the exit predicate of a loop, ``False``.
+
+    XLA orders the instructions of a program by their data only. A loop that
+    reads an array and another loop, unordered with it, that updates the same
+    array in place make XLA copy that array first; a predicate derived from the
+    first loop's exit predicate orders the second loop after it, without a copy.
+    """
+    return run & ~pending
+
+
+def _same_avals(a: Any, b: Any) -> bool:
+    """Whether two pytrees of arrays (or shape structs) have one structure, shapes and dtypes."""
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    structure: Any = tree_a  # PyTreeDef has no type stub for ==
+    return bool(structure == tree_b) and all(
+        np.shape(x) == np.shape(y) and jnp.result_type(x) == jnp.result_type(y)
+        for x, y in zip(leaves_a, leaves_b, strict=True)
+    )
+
+
+def _zero_unless(run: jax.Array, tree: Any) -> Any:
+    return jax.tree.map(lambda leaf: jnp.where(run, leaf, jnp.zeros((), leaf.dtype)), tree)
+
+
+def _step_or_skip(
+    run: jax.Array,
+    step: Callable[[Any, Any], tuple[Any, Any]],
+    grads: Any,
+    inner_state: Any,
+) -> tuple[Any, Any]:
+    """``step(grads, inner_state)`` when ``run``, else ``inner_state`` itself (bit for bit).
+
+    The updates returned are the step's when ``run`` and meaningless (maybe
+    non-finite) otherwise: mask them with `_zero_unless`. The step runs as the
+    body of a loop of zero or one trip whose carry is ``(grads, inner_state)``:
+    XLA then writes the updates over the gradients' buffers and the new inner
+    state over the old one's (donated) buffers, so the skip holds nothing
+    beyond the gradients, which the finiteness test needs in full anyway. A
+    conditional instead returns the updates in buffers of its own (one more
+    copy of the parameters' size next to the gradients), and selects after an
+    unconditional step make XLA recompute the step next to every selected leaf
+    and copy the donated state to do so. The mask is a select that XLA fuses
+    into whatever consumes the updates. Where the updates differ from the
+    gradients in structure, shape or dtype, a conditional does the same work.
+    """
+    updates_shape, state_shape = jax.eval_shape(step, grads, inner_state)
+    if _same_avals(updates_shape, grads) and _same_avals(state_shape, inner_state):
+
+        def once(carry: tuple[jax.Array, Any, Any]) -> tuple[jax.Array, Any, Any]:
+            return (jnp.zeros((), bool), *step(carry[1], carry[2]))
+
+        carry = (jnp.asarray(run, bool), grads, inner_state)
+        _, updates, new_state = jax.lax.while_loop(lambda c: c[0], once, carry)
+        return updates, new_state
+
+    def skip(g: Any, s: Any) -> tuple[Any, Any]:
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), updates_shape)
+        return zeros, s
+
+    return jax.lax.cond(run, step, skip, grads, inner_state)
 
 
 def _refresh_snapshot(
@@ -445,27 +518,32 @@ def _refresh_snapshot(
     params: optax.Params,
     inner_state: optax.OptState,
     measure: bool,
-) -> tuple[GuardSnapshot, jax.Array | None]:
+) -> tuple[GuardSnapshot, jax.Array | None, jax.Array]:
     """The snapshot, with ``(params, inner_state)`` in it when ``take``.
 
     Also returns, with ``measure``, the distance from the old snapshot's
-    parameters to ``params`` when ``take`` (else 0).
+    parameters to ``params`` when ``take`` (else 0), and ``False`` computed
+    after the snapshot is taken (see `_after`). The distance is measured in a
+    loop of its own, ordered before the one that overwrites the old snapshot
+    in place (in one loop XLA would copy the old parameters to measure them).
     """
     dtype = core.float_dtype()
+    moved = jnp.zeros((), dtype)
+    if measure:
 
-    def refresh() -> tuple[GuardSnapshot, jax.Array]:
-        moved = jnp.zeros((), dtype)
-        if measure:
-            moved = _global_norm(
-                jax.tree.map(jnp.subtract, params, snapshot.snapshot_params), dtype
-            )
-        taken = snapshot._replace(
+        def distance() -> jax.Array:
+            return _global_norm(jax.tree.map(jnp.subtract, params, snapshot.snapshot_params), dtype)
+
+        measuring, moved = _once(take, distance, moved)
+        take = _after(measuring, take)
+
+    def refresh() -> GuardSnapshot:
+        return snapshot._replace(
             snapshot_params=params, snapshot_inner_state=hide_names(inner_state)
         )
-        return taken, moved
 
-    refreshed, moved = _at_most_once(take, refresh, (snapshot, jnp.zeros((), dtype)))
-    return refreshed, (moved if measure else None)
+    pending, refreshed = _once(take, refresh, snapshot)
+    return refreshed, (moved if measure else None), pending
 
 
 def _empty_snapshot(params: optax.Params, inner: optax.GradientTransformation) -> GuardSnapshot:
@@ -513,8 +591,10 @@ def _raise_if_misplaced(misplaced: np.ndarray, distance: np.ndarray, expected: n
     )
 
 
-def _check_landing(snapshot: GuardSnapshot, params: optax.Params) -> None:
+def _check_landing(snapshot: GuardSnapshot, params: optax.Params) -> jax.Array:
     """Raise (from inside jit) when the previous update did not reach ``params`` unchanged.
+
+    Returns ``False``, computed after the check (see `_after`).
 
     After a snapshot the parameters should be the update's norm away from it,
     after a rollback on it, up to the rounding of ``params + updates`` and a
@@ -534,7 +614,7 @@ def _check_landing(snapshot: GuardSnapshot, params: optax.Params) -> None:
         jax.debug.callback(_raise_if_misplaced, misplaced, distance, expected)
         return jnp.zeros((), bool)
 
-    _at_most_once(jnp.isfinite(expected), check, jnp.zeros((), bool))
+    return _once(jnp.isfinite(expected), check, jnp.zeros((), bool))[0]
 
 
 def aees(
@@ -871,23 +951,12 @@ def aees(
         # (a non-finite loss is one, under the guard).
         skipped = value_finite & ~finite
 
-        def step(_: None) -> tuple[optax.Updates, optax.OptState]:
-            grads = noised(updates, core_state, candidate.noise_std)
+        def step(grads: optax.Updates, inner_state: Any) -> tuple[optax.Updates, Any]:
+            grads = noised(grads, core_state, candidate.noise_std)
             inner_updates, inner_state = inner.update(
-                grads, state.aees_inner_state, params, value=value, **extra_args
+                grads, inner_state, params, value=value, **extra_args
             )
             return _scale(inner_updates, candidate.lr_multiplier), inner_state
-
-        def skip(_: None) -> tuple[optax.Updates, optax.OptState]:
-            shapes = jax.eval_shape(step, None)[0]
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            return zeros, state.aees_inner_state
-
-        def step_or_skip(_: None) -> tuple[optax.Updates, optax.OptState]:
-            # A conditional rather than selects after the fact: with selects, XLA
-            # recomputes the inner update next to the selected state and copies
-            # the donated moments to do so.
-            return jax.lax.cond(finite, step, skip, None)
 
         snapshot = state.aees_snapshot
         dtype = core.float_dtype()
@@ -897,16 +966,17 @@ def aees(
                     "the spike guard (guard=True or preset='robust') needs params: "
                     "call update(updates, state, params, value=loss)."
                 )
-            _check_landing(snapshot, params)
+            checking = _check_landing(snapshot, params)
             decision = guard_check(step_config, core_state, value)
             # A skipped step (non-finite gradients) changes nothing but the count.
-            take = decision.take_snapshot & finite
-            snapshot, displacement = _refresh_snapshot(
+            # The snapshot is refreshed in place after the check has read it.
+            take = _after(checking, decision.take_snapshot & finite)
+            snapshot, displacement, pending = _refresh_snapshot(
                 take, snapshot, params, state.aees_inner_state, config.growth
             )
             inner_structure = jax.tree.structure(state.aees_inner_state)
 
-            def roll_back(_: None) -> tuple[optax.Updates, optax.OptState]:
+            def roll_back() -> tuple[optax.Updates, optax.OptState]:
                 # Updates that carry the parameters back onto the snapshot.
                 restore = jax.tree.map(
                     lambda saved, now: (saved - now).astype(now.dtype),
@@ -919,18 +989,30 @@ def aees(
                 return restore, saved_inner
 
             rollback = decision.rollback & ~skipped
-            new_updates, inner_state = jax.lax.cond(rollback, roll_back, step_or_skip, None)
+            stepped = finite & ~rollback
+            raw_updates, inner_state = _step_or_skip(
+                _after(pending, stepped), step, updates, state.aees_inner_state
+            )
+            raw_updates, inner_state = _at_most_once(
+                rollback, roll_back, (raw_updates, inner_state)
+            )
+            emitting = stepped | rollback
         else:
-            new_updates, inner_state = step_or_skip(None)
+            raw_updates, inner_state = _step_or_skip(finite, step, updates, state.aees_inner_state)
+            emitting = finite
             displacement = None
-        norm = _global_norm(new_updates, dtype) if track_update_norm else None
+        new_updates = _zero_unless(emitting, raw_updates)
+
+        def update_norm() -> jax.Array:
+            # From the unmasked updates: one fewer consumer of the masked ones.
+            return jnp.where(emitting, _global_norm(raw_updates, dtype), 0.0)
+
+        norm = update_norm() if track_update_norm else None
         if config.guard:
             landing = rollback | take
             emitted = norm
             if emitted is None:
-                emitted = _at_most_once(
-                    landing, lambda: _global_norm(new_updates, dtype), jnp.zeros((), dtype)
-                )
+                emitted = _at_most_once(landing, update_norm, jnp.zeros((), dtype))
             nothing = jnp.full((), jnp.nan, dtype)
             snapshot = snapshot._replace(
                 landing_distance=jnp.where(rollback, 0.0, jnp.where(take, emitted, nothing)),
