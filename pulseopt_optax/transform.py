@@ -548,12 +548,13 @@ def _refresh_snapshot(
 
 def _empty_snapshot(params: optax.Params, inner: optax.GradientTransformation) -> GuardSnapshot:
     """Room for the guard's snapshot; filled at the first sound step, never read before."""
-    nothing = jnp.full((), jnp.nan, core.float_dtype())
+    # Two arrays, not one shared: a donated train step cannot donate one
+    # buffer twice.
     return GuardSnapshot(
         snapshot_params=jax.tree.map(jnp.zeros_like, params),
         snapshot_inner_state=hide_names(inner.init(params)),
-        landing_distance=nothing,
-        landing_update_norm=nothing,
+        landing_distance=jnp.full((), jnp.nan, core.float_dtype()),
+        landing_update_norm=jnp.full((), jnp.nan, core.float_dtype()),
     )
 
 
