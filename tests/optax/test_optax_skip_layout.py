@@ -53,11 +53,18 @@ def _without_skip_count(state):
     return state._replace(aees_core_state=core_state)
 
 
-@pytest.mark.parametrize(
-    "inner", ["adam", "sgd_momentum", "chain_schedule", "updates_in_another_dtype"]
-)
-@pytest.mark.parametrize("preset", [None, "robust"])
-@pytest.mark.parametrize("bad", ["nan_gradient", "nan_value"])
+# Under the guard a non-finite loss is a spike (a rollback), not a skip, and the
+# guard's rollback needs updates in the parameters' dtype: those pairs are not skips.
+SKIP_CASES = [
+    (inner, preset, bad)
+    for inner in ("adam", "sgd_momentum", "chain_schedule", "updates_in_another_dtype")
+    for preset in (None, "robust")
+    for bad in ("nan_gradient", "nan_value")
+    if preset is None or (bad == "nan_gradient" and inner != "updates_in_another_dtype")
+]
+
+
+@pytest.mark.parametrize(("inner", "preset", "bad"), SKIP_CASES)
 def test_a_skipped_donated_step_changes_nothing_but_the_skip_count(inner, preset, bad):
     _check_skip(inner, preset, bad, donate=True)
 
@@ -68,10 +75,6 @@ def test_an_infinite_gradient_skips_an_undonated_step(preset):
 
 
 def _check_skip(inner, preset, bad, donate):
-    if preset == "robust" and bad == "nan_value":
-        pytest.skip("under the guard a non-finite loss is a spike, not a skip")
-    if preset == "robust" and inner == "updates_in_another_dtype":
-        pytest.skip("the guard's rollback needs updates in the parameters' dtype")
     tx = aees(_inner(inner), lr_candidates=LR, episode_length=2, seed=0, preset=preset)
     params = _params()
     step = jax.jit(
