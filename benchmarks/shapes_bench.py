@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from optax_bench import MLP  # the model of optax_bench.py
 
 import pulseopt_optax
 
@@ -98,20 +99,6 @@ def variants() -> dict[str, optax.GradientTransformation]:
 
 
 # ----------------------------------------------------------------------------- shapes
-
-
-class MLP(nnx.Module):
-    """The model of ``optax_bench.py``."""
-
-    def __init__(self, rngs: nnx.Rngs) -> None:
-        self.hidden1 = nnx.Linear(64, 1024, rngs=rngs)
-        self.hidden2 = nnx.Linear(1024, 1024, rngs=rngs)
-        self.out = nnx.Linear(1024, 10, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = jax.nn.relu(self.hidden1(x))
-        x = jax.nn.relu(self.hidden2(x))
-        return self.out(x)
 
 
 DEEP_LAYERS, DEEP_WIDTH, DEEP_BATCH = 64, 256, 8
