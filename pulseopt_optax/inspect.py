@@ -17,7 +17,12 @@ import numpy as np
 import optax
 
 import pulseopt_core as core
-from pulseopt_optax.transform import AEESTransformState, BestParams, core_function
+from pulseopt_optax.transform import (
+    AEESTransformState,
+    BestParams,
+    core_function,
+    raise_if_misplaced,
+)
 
 
 def _is_aees_state(node: object) -> bool:
@@ -82,8 +87,13 @@ def get_logs(opt_state: Any) -> dict[str, list[Any]]:
       ``selected_lr_indices``, ``selected_noise_indices``, ...,
       ``mean_update_norms``, plus the context keys when a context mode is on.
       Unscored episodes (negative losses) show NaN rewards.
+
+    Raises:
+      ValueError: when the spike guard found that an update of `aees` did not
+        reach the parameters unchanged (see "Where `aees` may sit" in the README).
     """
     state = _single_member(find_aees_state(opt_state))
+    raise_if_misplaced(state.aees_snapshot)
     return core.episode_logs(state.aees_structure.config(), state.aees_core_state)
 
 
@@ -156,6 +166,9 @@ def finalize(opt_state: Any) -> Any:
     is closed in place and returned (``pulseopt_optax.finalize(optimizer)``);
     an immutable holder with ``replace`` (a Flax linen ``TrainState``) is
     returned as a new one.
+
+    Raises:
+      ValueError: as `get_logs`, when an update of `aees` went astray.
     """
     if not isinstance(opt_state, tuple) and hasattr(opt_state, "opt_state"):
         holder = opt_state
@@ -172,6 +185,7 @@ def finalize(opt_state: Any) -> Any:
         if not _is_aees_state(node):
             return node
         plain: AEESTransformState = jax.tree.map(_unwrap, node, is_leaf=_has_value)
+        raise_if_misplaced(plain.aees_snapshot)
         return _close(plain)
 
     return jax.tree.map(close, opt_state, is_leaf=_is_aees_state)
@@ -184,7 +198,9 @@ def _finalize_variables(opt_state: Any) -> None:
         if not _is_aees_state(node):
             continue
         variables = jax.tree.leaves(node, is_leaf=_has_value)
-        closed = jax.tree.leaves(_close(jax.tree.map(_unwrap, node, is_leaf=_has_value)))
+        plain: AEESTransformState = jax.tree.map(_unwrap, node, is_leaf=_has_value)
+        raise_if_misplaced(plain.aees_snapshot)
+        closed = jax.tree.leaves(_close(plain))
         for variable, value in zip(variables, closed, strict=True):
             if _has_value(variable):
                 variable.set_value(value)

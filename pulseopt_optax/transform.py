@@ -187,12 +187,18 @@ class GuardSnapshot(NamedTuple):
         which rollback relies on (see `aees`).
       landing_update_norm: ``f[]`` the norm of the update that distance comes
         from (it scales the rounding allowed in the check).
+      misplaced_landing: ``f[2]`` NaN until an update is found not to have
+        reached the parameters unchanged; then, for good, the distance measured
+        and the distance expected. From then on the guard never rolls back (it
+        could not restore the snapshot), and `get_logs`, `finalize` and the
+        next un-jitted `update` raise the error that explains it.
     """
 
     snapshot_params: optax.Params
     snapshot_inner_state: Any
     landing_distance: jax.Array
     landing_update_norm: jax.Array
+    misplaced_landing: jax.Array
 
 
 class BestParams(NamedTuple):
@@ -555,6 +561,7 @@ def _empty_snapshot(params: optax.Params, inner: optax.GradientTransformation) -
         snapshot_inner_state=hide_names(inner.init(params)),
         landing_distance=jnp.full((), jnp.nan, core.float_dtype()),
         landing_update_norm=jnp.full((), jnp.nan, core.float_dtype()),
+        misplaced_landing=jnp.full((2,), jnp.nan, core.float_dtype()),
     )
 
 
@@ -578,28 +585,42 @@ def _epsilon(params: optax.Params) -> float:
     return float(max(inexact, default=0.0))
 
 
-def _raise_if_misplaced(misplaced: np.ndarray, distance: np.ndarray, expected: np.ndarray) -> None:
-    if not np.any(misplaced):
+def raise_if_misplaced(snapshot: GuardSnapshot | optax.EmptyState) -> None:
+    """Raise the placement error recorded in a concrete ``snapshot``, if any (host-side).
+
+    A traced snapshot (inside ``jax.jit``) is not inspected.
+
+    Raises:
+      ValueError: when an update of `aees` did not reach the parameters unchanged.
+    """
+    if not isinstance(snapshot, GuardSnapshot) or _is_traced(snapshot.misplaced_landing):
         return
+    found = np.asarray(snapshot.misplaced_landing).reshape(-1, 2)
+    found = found[np.isfinite(found[:, 0])]
+    if not found.size:
+        return
+    distance, expected = found[0]
     raise ValueError(
         "pulseopt_optax.aees: the parameters did not move by the updates aees returned "
-        f"(they are {np.max(distance):.6g} from the guard's snapshot, {np.max(expected):.6g} "
-        "was expected), so a rollback cannot restore them. Something after aees changes its "
-        "updates: aees must be the last transformation in an optax.chain and must not sit "
-        "inside a wrapper that transforms its updates (optax.contrib.schedule_free, "
-        "lookahead, ...). Put those inside aees instead, e.g. "
+        f"(they were {distance:.6g} from the guard's snapshot, {expected:.6g} was expected), "
+        "so a rollback could not restore them; the guard has stopped rolling back. "
+        "Something after aees changes its updates: aees must be the last transformation "
+        "in an optax.chain and must not sit inside a wrapper that transforms its updates "
+        "(optax.contrib.schedule_free, lookahead, ...). Put those inside aees instead, e.g. "
         "aees(optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(0.1)))."
     )
 
 
-def _check_landing(snapshot: GuardSnapshot, params: optax.Params) -> jax.Array:
-    """Raise (from inside jit) when the previous update did not reach ``params`` unchanged.
+def _check_landing(snapshot: GuardSnapshot, params: optax.Params) -> tuple[jax.Array, jax.Array]:
+    """Whether the previous update reached ``params`` unchanged; record it if not.
 
-    Returns ``False``, computed after the check (see `_after`).
-
-    After a snapshot the parameters should be the update's norm away from it,
-    after a rollback on it, up to the rounding of ``params + updates`` and a
-    1% margin. One distance per episode (and after each rollback).
+    Returns ``snapshot.misplaced_landing`` updated with this check (sticky: the
+    first misplacement stays) and ``False`` computed after the check (see
+    `_after`). After a snapshot the parameters should be the update's norm
+    away from it, after a rollback on it, up to the rounding of ``params +
+    updates`` and a 1% margin. One distance per episode (and after each
+    rollback). The result stays on the device: a host callback here would
+    cost every step a round trip.
     """
     dtype = core.float_dtype()
     expected = snapshot.landing_distance
@@ -612,10 +633,11 @@ def _check_landing(snapshot: GuardSnapshot, params: optax.Params) -> jax.Array:
             size + snapshot.landing_update_norm
         )
         misplaced = jnp.abs(distance - expected) > slack
-        jax.debug.callback(_raise_if_misplaced, misplaced, distance, expected)
-        return jnp.zeros((), bool)
+        first = misplaced & jnp.isnan(snapshot.misplaced_landing[0])
+        return jnp.where(first, jnp.stack([distance, expected]), snapshot.misplaced_landing)
 
-    return _once(jnp.isfinite(expected), check, jnp.zeros((), bool))[0]
+    pending, found = _once(jnp.isfinite(expected), check, snapshot.misplaced_landing)
+    return found, pending
 
 
 def aees(
@@ -967,7 +989,9 @@ def aees(
                     "the spike guard (guard=True or preset='robust') needs params: "
                     "call update(updates, state, params, value=loss)."
                 )
-            checking = _check_landing(snapshot, params)
+            raise_if_misplaced(snapshot)
+            misplaced_landing, checking = _check_landing(snapshot, params)
+            snapshot = snapshot._replace(misplaced_landing=misplaced_landing)
             decision = guard_check(step_config, core_state, value)
             # A skipped step (non-finite gradients) changes nothing but the count.
             # The snapshot is refreshed in place after the check has read it.
@@ -989,8 +1013,12 @@ def aees(
                 )
                 return restore, saved_inner
 
+            # Once an update went astray the snapshot cannot be restored: a spike
+            # is then only a skipped step.
+            astray = ~jnp.isnan(misplaced_landing[0])
+            skipped = skipped | (decision.rollback & astray)
             rollback = decision.rollback & ~skipped
-            stepped = finite & ~rollback
+            stepped = finite & ~rollback & ~skipped
             raw_updates, inner_state = _step_or_skip(
                 _after(pending, stepped), step, updates, state.aees_inner_state
             )
