@@ -33,6 +33,17 @@ from pulseopt_core.episode import (
     record_step,
     restart_episode_at,
 )
+from pulseopt_core.knobs import (
+    DYNAMIC_KNOBS,
+    KNOBS,
+    PRESET_KNOBS,
+    STRUCTURAL_KNOBS,
+    AdapterOptions,
+    AEESKnobs,
+    Knob,
+    document,
+    split_options,
+)
 from pulseopt_core.logs import CONTEXT_LOG_KEYS, LOG_KEYS, candidate_name, episode_logs
 from pulseopt_core.reward import accumulate_loss, episode_reward, reward_from_statistics
 from pulseopt_core.state import (
@@ -49,17 +60,24 @@ from pulseopt_core.state import (
 
 __all__ = [
     "CONTEXT_LOG_KEYS",
+    "DYNAMIC_KNOBS",
+    "KNOBS",
     "LOG_KEYS",
     "PHASES",
     "PRESETS",
+    "PRESET_KNOBS",
+    "STRUCTURAL_KNOBS",
     "TRENDS",
     "AEESConfig",
+    "AEESKnobs",
     "AEESState",
+    "AdapterOptions",
     "Candidate",
     "ControllerState",
     "EpisodeLog",
     "GuardDecision",
     "GuardState",
+    "Knob",
     "OpenEpisode",
     "RewardBreakdown",
     "UCBStats",
@@ -70,6 +88,7 @@ __all__ = [
     "controller_select",
     "controller_update",
     "current_candidate",
+    "document",
     "episode_logs",
     "episode_reward",
     "finalize",
@@ -84,6 +103,7 @@ __all__ = [
     "require_update_norms",
     "restart_episode_at",
     "reward_from_statistics",
+    "split_options",
     "training_phase",
     "ucb_scores",
     "ucb_select",

@@ -11,6 +11,9 @@ import math
 import numbers
 import warnings
 from collections.abc import Collection, Sequence
+from typing import Any, Unpack
+
+from pulseopt_core.knobs import KNOBS, AEESKnobs, options_doc
 
 CONTROL_MODES = ("adaptive", "random")
 STRUCTURED_CONTROL_MODES = ("independent", "conditional")
@@ -71,241 +74,77 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
-@dataclasses.dataclass(frozen=True)
 class AEESConfig:
-    """Every knob of AEES, validated eagerly.
+    """Every knob of AEES, validated eagerly; frozen and hashable.
 
-    Attributes:
-      lr_candidates: multipliers applied to the inner optimizer's step. A single
-        candidate makes the LR axis a constant with no controller.
-      noise_candidates: standard deviations of Gaussian noise added to the
-        gradients. A single candidate makes the noise axis a constant.
-      episode_length: steps per episode; the arms are frozen within an episode.
-      control_mode: ``"adaptive"`` (discounted UCB) or ``"random"`` (a uniform arm
-        per episode, the baseline a bandit must beat).
-      structured_control_mode: ``"independent"`` (one noise controller) or
-        ``"conditional"`` (one noise controller per LR arm).
-      context_mode: ``"none"``, ``"trend"`` or ``"trend_phase"``: which coarse
-        context bucket selects the controller statistics used in an episode.
-      total_training_steps: the horizon that defines the phase in
-        ``"trend_phase"`` mode (required there, ignored with a warning elsewhere).
-      context_trend_window: how many recent episode-end losses define the trend.
-      context_trend_epsilon: slope below which the trend counts as stable.
-      reward_instability_lambda: weight of the loss-variance penalty.
-      reward_epsilon: added inside the logarithms and the variance normaliser.
-      reward_clip_min: lower clip of the reward.
-      reward_clip_max: upper clip of the reward.
-      ema_alpha: smoothing of the episode-local loss EMA, in (0, 1].
-      exploration_coef: UCB exploration coefficient.
-      discount: UCB discount per update, in (0, 1].
-      warmup_rounds: times each arm is tried before UCB scores are used.
-      seed: an int makes every decision and all noise reproducible; ``None``
-        draws fresh entropy when the state is initialised.
-      tie_break: ``"random"`` breaks ties between equally good arms at random;
-        ``"lowest"`` picks the lowest index (deterministic comparisons).
-      log_capacity: how many recent closed episodes the state keeps.
-      multiplier_mode: ``"absolute"``: an LR arm is the multiplier itself;
-        ``"relative"``: an LR arm multiplies a running scale at the start of
-        each episode (moves such as x0.5 / x1 / x2 that compound), kept within
-        ``[min_lr_scale, max_lr_scale]``.
-      min_lr_scale: floor of the running LR scale (guard cuts and relative moves).
-      max_lr_scale: ceiling of the running LR scale.
-      guard: turn on the spike guard: when the fast EMA of the loss exceeds
-        ``guard_spike_ratio`` times the slow EMA, or the loss is not finite, the
-        adapter restores the snapshot taken at the last episode boundary and the
-        running LR scale is multiplied by ``guard_backoff`` (cuts compound).
-      guard_spike_ratio: fast/slow ratio that counts as a spike (> 1).
-      guard_fast_alpha: smoothing of the fast loss EMA, in (0, 1].
-      guard_slow_alpha: smoothing of the slow loss EMA, in (0, guard_fast_alpha).
-      guard_backoff: factor applied to the LR scale on every rollback, in (0, 1).
-      guard_max_consecutive: rollbacks allowed without a clean episode in
-        between; past it the guard stands down until an episode closes cleanly.
-      guard_warmup_steps: steps during which a spike is judged against the
-        larger of the slow EMA and the starting loss (the slow EMA settles).
-      guard_spike_floor: a spike must also exceed the reference by this
-        fraction of the starting loss (>= 0), so the jumpy minibatch values of
-        a near-zero training loss do not count as spikes.
-      growth: let the LR scale grow while steps are too timid (needs ``guard``,
-        whose snapshots it measures from, and the update norms). At every
-        episode boundary the adapter reports how far the parameters moved since
-        the last snapshot; the ratio of that distance to the path length (the
-        sum of the update norms) is near 1 when successive updates keep their
-        direction, the signature of a learning rate that is too small, and
-        falls towards ``1/sqrt(steps)`` once updates are dominated by gradient
-        noise or oscillation. After ``growth_patience`` consecutive episodes
-        whose ratio exceeds ``growth_threshold`` the scale is multiplied by
-        ``growth_factor``, up to ``max_lr_scale`` and never above the scale the
-        last rollback cut to.
-      growth_threshold: straightness ratio above which an episode counts as
-        timid, in (0, 1).
-      growth_factor: factor applied to the LR scale on growth (> 1).
-      growth_patience: consecutive timid episodes needed before each growth.
-      growth_fit_fraction: once the slow loss EMA falls below this fraction of
-        the starting loss (a positive one), the run counts as fitted: nothing
-        grows and a scale above 1 drops back to 1, in [0, 1).
-      eval_patience: with ``guard``, evals in a row that are not a new best
-        before the LR scale is cut by ``guard_backoff`` (a held-out loss is
-        optional; adapters take it as ``eval_value`` / ``observe_eval``).
-      eval_min_delta: relative improvement an eval needs to count as a new
-        best, >= 0.
-      restore_best: adapters keep a copy of the parameters at the best eval
-        loss and restore it at ``finalize`` (one more copy of the parameters).
+    Built as ``AEESConfig(seed=..., **knobs)`` with the knobs of `AEESKnobs`
+    (each optional; read back as attributes, e.g. ``config.episode_length``).
+    ``seed``: an int makes every decision and all noise reproducible; ``None``
+    draws fresh entropy when the state is initialised. A preset's knob given
+    as ``None`` takes its default.
+
+    Knobs:
+      {options}
+
+    Raises:
+      TypeError: for a keyword that is not a knob.
+      ValueError: naming the first knob whose value is invalid.
     """
 
-    lr_candidates: tuple[float, ...] = (1.0,)
-    noise_candidates: tuple[float, ...] = (0.0,)
-    episode_length: int = 100
-    control_mode: str = "adaptive"
-    structured_control_mode: str = "independent"
-    context_mode: str = "none"
-    total_training_steps: int | None = None
-    context_trend_window: int = 3
-    context_trend_epsilon: float = 1e-3
-    reward_instability_lambda: float = 0.1
-    reward_epsilon: float = 1e-8
-    reward_clip_min: float = -1.0
-    reward_clip_max: float = 1.0
-    ema_alpha: float = 0.1
-    exploration_coef: float = 1.0
-    discount: float = 0.95
-    warmup_rounds: int = 1
-    seed: int | None = None
-    tie_break: str = "random"
-    log_capacity: int = 1024
-    multiplier_mode: str = "absolute"
-    min_lr_scale: float = 1.0 / 64.0
-    max_lr_scale: float = 1.0
-    guard: bool = False
-    guard_spike_ratio: float = 2.0
-    guard_fast_alpha: float = 0.3
-    guard_slow_alpha: float = 0.02
-    guard_backoff: float = 0.5
-    guard_max_consecutive: int = 3
-    guard_warmup_steps: int = 20
-    guard_spike_floor: float = 0.05
-    growth: bool = False
-    growth_threshold: float = 0.5
-    growth_factor: float = 2.0
-    growth_patience: int = 1
-    growth_fit_fraction: float = 0.02
-    eval_patience: int = 2
-    eval_min_delta: float = 1e-3
-    restore_best: bool = False
+    __slots__ = ("_values",)
+    _values: dict[str, Any]
 
-    def __post_init__(self) -> None:
-        fields = {
-            "control_mode": _choice("control_mode", self.control_mode, CONTROL_MODES),
-            "context_mode": _choice("context_mode", self.context_mode, CONTEXT_MODES),
-            "structured_control_mode": _choice(
-                "structured_control_mode", self.structured_control_mode, STRUCTURED_CONTROL_MODES
-            ),
-            "tie_break": _choice("tie_break", self.tie_break, TIE_BREAKS),
-            "lr_candidates": _candidates("lr_candidates", self.lr_candidates, allow_zero=False),
-            "noise_candidates": _candidates(
-                "noise_candidates", self.noise_candidates, allow_zero=True
-            ),
-            "episode_length": _integer("episode_length", self.episode_length, 1),
-            "context_trend_window": _integer("context_trend_window", self.context_trend_window, 1),
-            "warmup_rounds": _integer("warmup_rounds", self.warmup_rounds, 0),
-            "log_capacity": _integer("log_capacity", self.log_capacity, 1),
-            "multiplier_mode": _choice("multiplier_mode", self.multiplier_mode, MULTIPLIER_MODES),
-            "guard_max_consecutive": _integer(
-                "guard_max_consecutive", self.guard_max_consecutive, 1
-            ),
-            "guard_warmup_steps": _integer("guard_warmup_steps", self.guard_warmup_steps, 0),
-            "growth_patience": _integer("growth_patience", self.growth_patience, 1),
-            "eval_patience": _integer("eval_patience", self.eval_patience, 1),
-        }
-        for flag in ("guard", "growth", "restore_best"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}.")
-        if self.growth and not self.guard:
-            raise ValueError("growth=True needs guard=True (growth measures from its snapshots).")
-        reals = {
-            name: _real(name, getattr(self, name))
-            for name in (
-                "context_trend_epsilon",
-                "reward_instability_lambda",
-                "reward_epsilon",
-                "reward_clip_min",
-                "reward_clip_max",
-                "ema_alpha",
-                "exploration_coef",
-                "discount",
-                "min_lr_scale",
-                "max_lr_scale",
-                "guard_spike_ratio",
-                "guard_fast_alpha",
-                "guard_slow_alpha",
-                "guard_backoff",
-                "growth_threshold",
-                "growth_factor",
-                "guard_spike_floor",
-                "growth_fit_fraction",
-                "eval_min_delta",
+    def __init__(self, *, seed: int | None = None, **knobs: Unpack[AEESKnobs]) -> None:
+        unknown = sorted(set(knobs) - set(KNOBS))
+        if unknown:
+            names = ", ".join(repr(name) for name in unknown)
+            raise TypeError(f"AEESConfig() got unexpected keyword argument(s) {names}.")
+        values: dict[str, Any] = {}
+        for name, declared in KNOBS.items():
+            value = knobs.get(name, declared.knob.default)
+            values[name] = (
+                declared.knob.default if value is None and declared.knob.preset else value
             )
-        }
-        if reals["context_trend_epsilon"] < 0.0:
-            raise ValueError("context_trend_epsilon must be non-negative.")
-        if reals["reward_epsilon"] <= 0.0:
-            raise ValueError("reward_epsilon must be positive.")
-        if reals["reward_instability_lambda"] < 0.0:
-            raise ValueError("reward_instability_lambda must be non-negative.")
-        if reals["reward_clip_min"] > reals["reward_clip_max"]:
-            raise ValueError("reward_clip_min must be <= reward_clip_max.")
-        if not 0.0 < reals["ema_alpha"] <= 1.0:
-            raise ValueError("ema_alpha must be in the interval (0, 1].")
-        if reals["exploration_coef"] < 0.0:
-            raise ValueError("exploration_coef must be non-negative.")
-        if not 0.0 < reals["discount"] <= 1.0:
-            raise ValueError("discount must be in the interval (0, 1].")
-        if not 0.0 < reals["min_lr_scale"] <= 1.0:
-            raise ValueError("min_lr_scale must be in the interval (0, 1].")
-        if not 1.0 <= reals["max_lr_scale"] < math.inf:
-            raise ValueError("max_lr_scale must be finite and >= 1.")
-        if not reals["guard_spike_ratio"] > 1.0:
-            raise ValueError("guard_spike_ratio must be > 1.")
-        if not 0.0 < reals["guard_fast_alpha"] <= 1.0:
-            raise ValueError("guard_fast_alpha must be in the interval (0, 1].")
-        if not 0.0 < reals["guard_slow_alpha"] < reals["guard_fast_alpha"]:
-            raise ValueError("guard_slow_alpha must be in the interval (0, guard_fast_alpha).")
-        if not 0.0 < reals["guard_backoff"] < 1.0:
-            raise ValueError("guard_backoff must be in the interval (0, 1).")
-        if not 0.0 < reals["growth_threshold"] < 1.0:
-            raise ValueError("growth_threshold must be in the interval (0, 1).")
-        if not 1.0 < reals["growth_factor"] < math.inf:
-            raise ValueError("growth_factor must be finite and > 1.")
-        if not 0.0 <= reals["guard_spike_floor"] < math.inf:
-            raise ValueError("guard_spike_floor must be finite and >= 0.")
-        if not 0.0 <= reals["growth_fit_fraction"] < 1.0:
-            raise ValueError("growth_fit_fraction must be in the interval [0, 1).")
-        if not 0.0 <= reals["eval_min_delta"] < 1.0:
-            raise ValueError("eval_min_delta must be in the interval [0, 1).")
-        fields.update(reals)
+        values["seed"] = seed
+        object.__setattr__(self, "_values", _validated(values))
 
-        total = self.total_training_steps
-        if fields["context_mode"] == "trend_phase":
-            if total is None:
-                raise ValueError(
-                    "total_training_steps is required when context_mode='trend_phase'."
-                )
-            fields["total_training_steps"] = _integer("total_training_steps", total, 1)
-        elif total is not None:
-            warnings.warn(
-                "total_training_steps is only used when context_mode='trend_phase'; "
-                f"it is ignored with context_mode={fields['context_mode']!r}.",
-                UserWarning,
-                stacklevel=3,
-            )
-            fields["total_training_steps"] = None
+    @classmethod
+    def _unchecked(cls, values: dict[str, Any]) -> AEESConfig:
+        """A config holding ``values`` as they are (e.g. traced scalars): never hashed."""
+        config = cls.__new__(cls)
+        object.__setattr__(config, "_values", dict(values))
+        return config
 
-        if self.seed is not None:
-            if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-                raise ValueError(f"seed must be an integer or None, got {self.seed!r}.")
-            fields["seed"] = int(self.seed)
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(f"AEESConfig has no knob {name!r}.") from None
 
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
+    def __setattr__(self, name: str, value: object) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AEESConfig):
+            return NotImplemented
+        return self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={value!r}" for name, value in self._values.items())
+        return f"AEESConfig({inner})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (self._values,))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every knob's value, and the seed, by name."""
+        return dict(self._values)
 
     # Derived, static facts used by the core to fix shapes.
 
@@ -337,9 +176,131 @@ class AEESConfig:
     def num_buckets(self) -> int:
         return len(self.bucket_names)
 
-    def replace(self, **changes: object) -> AEESConfig:
-        """A validated copy with some knobs changed."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> AEESConfig:
+        """A validated copy with some knobs (or the seed) changed."""
+        return AEESConfig(**{**self._values, **changes})
+
+
+AEESConfig.__doc__ = (AEESConfig.__doc__ or "").replace(
+    "{options}", options_doc(AEESKnobs, indent=6).lstrip()
+)
+
+
+def _validated(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` checked knob by knob, numbers normalised (tuples of floats, ints)."""
+    fields = {
+        "control_mode": _choice("control_mode", values["control_mode"], CONTROL_MODES),
+        "context_mode": _choice("context_mode", values["context_mode"], CONTEXT_MODES),
+        "structured_control_mode": _choice(
+            "structured_control_mode", values["structured_control_mode"], STRUCTURED_CONTROL_MODES
+        ),
+        "tie_break": _choice("tie_break", values["tie_break"], TIE_BREAKS),
+        "lr_candidates": _candidates("lr_candidates", values["lr_candidates"], allow_zero=False),
+        "noise_candidates": _candidates(
+            "noise_candidates", values["noise_candidates"], allow_zero=True
+        ),
+        "episode_length": _integer("episode_length", values["episode_length"], 1),
+        "context_trend_window": _integer("context_trend_window", values["context_trend_window"], 1),
+        "warmup_rounds": _integer("warmup_rounds", values["warmup_rounds"], 0),
+        "log_capacity": _integer("log_capacity", values["log_capacity"], 1),
+        "multiplier_mode": _choice("multiplier_mode", values["multiplier_mode"], MULTIPLIER_MODES),
+        "guard_max_consecutive": _integer(
+            "guard_max_consecutive", values["guard_max_consecutive"], 1
+        ),
+        "guard_warmup_steps": _integer("guard_warmup_steps", values["guard_warmup_steps"], 0),
+        "growth_patience": _integer("growth_patience", values["growth_patience"], 1),
+        "eval_patience": _integer("eval_patience", values["eval_patience"], 1),
+    }
+    for flag in ("guard", "growth", "restore_best"):
+        if not isinstance(values[flag], bool):
+            raise ValueError(f"{flag} must be a bool, got {values[flag]!r}.")
+    if values["growth"] and not values["guard"]:
+        raise ValueError("growth=True needs guard=True (growth measures from its snapshots).")
+    reals = {
+        name: _real(name, values[name])
+        for name in (
+            "context_trend_epsilon",
+            "reward_instability_lambda",
+            "reward_epsilon",
+            "reward_clip_min",
+            "reward_clip_max",
+            "ema_alpha",
+            "exploration_coef",
+            "discount",
+            "min_lr_scale",
+            "max_lr_scale",
+            "guard_spike_ratio",
+            "guard_fast_alpha",
+            "guard_slow_alpha",
+            "guard_backoff",
+            "growth_threshold",
+            "growth_factor",
+            "guard_spike_floor",
+            "growth_fit_fraction",
+            "eval_min_delta",
+        )
+    }
+    if reals["context_trend_epsilon"] < 0.0:
+        raise ValueError("context_trend_epsilon must be non-negative.")
+    if reals["reward_epsilon"] <= 0.0:
+        raise ValueError("reward_epsilon must be positive.")
+    if reals["reward_instability_lambda"] < 0.0:
+        raise ValueError("reward_instability_lambda must be non-negative.")
+    if reals["reward_clip_min"] > reals["reward_clip_max"]:
+        raise ValueError("reward_clip_min must be <= reward_clip_max.")
+    if not 0.0 < reals["ema_alpha"] <= 1.0:
+        raise ValueError("ema_alpha must be in the interval (0, 1].")
+    if reals["exploration_coef"] < 0.0:
+        raise ValueError("exploration_coef must be non-negative.")
+    if not 0.0 < reals["discount"] <= 1.0:
+        raise ValueError("discount must be in the interval (0, 1].")
+    if not 0.0 < reals["min_lr_scale"] <= 1.0:
+        raise ValueError("min_lr_scale must be in the interval (0, 1].")
+    if not 1.0 <= reals["max_lr_scale"] < math.inf:
+        raise ValueError("max_lr_scale must be finite and >= 1.")
+    if not reals["guard_spike_ratio"] > 1.0:
+        raise ValueError("guard_spike_ratio must be > 1.")
+    if not 0.0 < reals["guard_fast_alpha"] <= 1.0:
+        raise ValueError("guard_fast_alpha must be in the interval (0, 1].")
+    if not 0.0 < reals["guard_slow_alpha"] < reals["guard_fast_alpha"]:
+        raise ValueError("guard_slow_alpha must be in the interval (0, guard_fast_alpha).")
+    if not 0.0 < reals["guard_backoff"] < 1.0:
+        raise ValueError("guard_backoff must be in the interval (0, 1).")
+    if not 0.0 < reals["growth_threshold"] < 1.0:
+        raise ValueError("growth_threshold must be in the interval (0, 1).")
+    if not 1.0 < reals["growth_factor"] < math.inf:
+        raise ValueError("growth_factor must be finite and > 1.")
+    if not 0.0 <= reals["guard_spike_floor"] < math.inf:
+        raise ValueError("guard_spike_floor must be finite and >= 0.")
+    if not 0.0 <= reals["growth_fit_fraction"] < 1.0:
+        raise ValueError("growth_fit_fraction must be in the interval [0, 1).")
+    if not 0.0 <= reals["eval_min_delta"] < 1.0:
+        raise ValueError("eval_min_delta must be in the interval [0, 1).")
+    fields.update(reals)
+
+    total = values["total_training_steps"]
+    if fields["context_mode"] == "trend_phase":
+        if total is None:
+            raise ValueError("total_training_steps is required when context_mode='trend_phase'.")
+        fields["total_training_steps"] = _integer("total_training_steps", total, 1)
+    elif total is not None:
+        warnings.warn(
+            "total_training_steps is only used when context_mode='trend_phase'; "
+            f"it is ignored with context_mode={fields['context_mode']!r}.",
+            UserWarning,
+            stacklevel=3,
+        )
+        fields["total_training_steps"] = None
+
+    if values["seed"] is not None:
+        if isinstance(values["seed"], bool) or not isinstance(values["seed"], numbers.Integral):
+            raise ValueError(f"seed must be an integer or None, got {values['seed']!r}.")
+        fields["seed"] = int(values["seed"])
+    return {**values, **fields}
+
+
+def _restore(values: dict[str, Any]) -> AEESConfig:
+    return AEESConfig._unchecked(values)
 
 
 def require_update_norms(config: AEESConfig, track_update_norm: bool) -> None:

@@ -7,11 +7,10 @@ This module owns the transformation and its state. The AEES math lives in
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import secrets
 from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -21,53 +20,31 @@ import optax
 import pulseopt_core as core
 from pulseopt_core.noise import NOISE_GENERATORS, add_gradient_noise
 
-# Knobs that fix the state's shapes or its meaning; they must be Python values.
-# Wrapping `aees` in `optax.inject_hyperparams` needs them in ``static_args``.
-STRUCTURAL_KNOBS = (
-    "lr_candidates",
-    "noise_candidates",
-    "control_mode",
-    "structured_control_mode",
-    "context_mode",
-    "total_training_steps",
-    "context_trend_window",
-    "tie_break",
-    "log_capacity",
-    "multiplier_mode",
-    "min_lr_scale",
-    "max_lr_scale",
-    "guard",
-    "guard_spike_ratio",
-    "guard_fast_alpha",
-    "guard_slow_alpha",
-    "guard_backoff",
-    "guard_max_consecutive",
-    "guard_warmup_steps",
-    "growth",
-    "growth_threshold",
-    "growth_factor",
-    "growth_patience",
-    "guard_spike_floor",
-    "growth_fit_fraction",
-    "eval_patience",
-    "eval_min_delta",
-    "restore_best",
-)
-# Knobs that may arrive as traced scalars (injected hyperparameters). None of
-# them affects the first episode's choice, which is made before any statistics
-# exist (every arm ties), so `init` does not need their values.
-DYNAMIC_KNOBS = (
-    "episode_length",
-    "context_trend_epsilon",
-    "reward_instability_lambda",
-    "reward_epsilon",
-    "reward_clip_min",
-    "reward_clip_max",
-    "ema_alpha",
-    "exploration_coef",
-    "discount",
-    "warmup_rounds",
-)
+STRUCTURAL_KNOBS = core.STRUCTURAL_KNOBS
+DYNAMIC_KNOBS = core.DYNAMIC_KNOBS
+
+
+class AEESOptions(core.AdapterOptions, total=False):
+    """The keyword arguments of `aees`: every knob, plus the adapter's options."""
+
+    seed: Annotated[
+        int | jax.Array | None,
+        core.Knob(
+            None,
+            "an int, a typed JAX key (jax.random.key) or a raw one (jax.random.PRNGKey); None "
+            "draws fresh entropy once, when aees is called. A traced key is fine, so a vmapped "
+            "init can give every population member its own key. An int gives the same key "
+            "with and without JAX's x64 mode.",
+        ),
+    ]
+    noise_generator: Annotated[
+        str,
+        core.Knob(
+            "counter",
+            '"counter" (fused counter-based sampler) or "threefry" (jax.random.normal); see '
+            "pulseopt_core.noise.",
+        ),
+    ]
 
 
 @jax.tree_util.register_static
@@ -77,41 +54,24 @@ class AEESStructure:
 
     Rides in the state's tree structure as a node without leaves, so it
     survives jit, vmap, scan, checkpoints and Flax NNX at no cost, and lets
-    `get_logs` and `finalize` work from the state alone.
+    `get_logs` and `finalize` work from the state alone. Read a knob as an
+    attribute (``structure.guard``).
     """
 
-    lr_candidates: tuple[float, ...]
-    noise_candidates: tuple[float, ...]
-    control_mode: str
-    structured_control_mode: str
-    context_mode: str
-    total_training_steps: int | None
-    context_trend_window: int
-    tie_break: str
-    log_capacity: int
-    multiplier_mode: str
-    min_lr_scale: float
-    max_lr_scale: float
-    guard: bool
-    guard_spike_ratio: float
-    guard_fast_alpha: float
-    guard_slow_alpha: float
-    guard_backoff: float
-    guard_max_consecutive: int
-    guard_warmup_steps: int
-    growth: bool
-    growth_threshold: float
-    growth_factor: float
-    growth_patience: int
-    guard_spike_floor: float
-    growth_fit_fraction: float
-    eval_patience: int
-    eval_min_delta: float
-    restore_best: bool
+    knobs: tuple[tuple[str, Any], ...]
+
+    def __getattr__(self, name: str) -> Any:
+        for knob, value in object.__getattribute__(self, "knobs"):
+            if knob == name:
+                return value
+        raise AttributeError(f"AEESStructure has no knob {name!r}.")
+
+    def __repr__(self) -> str:
+        return "AEESStructure(" + ", ".join(f"{k}={v!r}" for k, v in self.knobs) + ")"
 
     @classmethod
     def of(cls, config: core.AEESConfig) -> AEESStructure:
-        return cls(**{name: getattr(config, name) for name in STRUCTURAL_KNOBS})
+        return cls(tuple((name, getattr(config, name)) for name in STRUCTURAL_KNOBS))
 
     def config(self, dynamic_knobs: tuple[jax.Array, ...] | None = None) -> core.AEESConfig:
         """The full config: these knobs, plus ``dynamic_knobs`` (default values if None).
@@ -119,7 +79,7 @@ class AEESStructure:
         ``dynamic_knobs`` holds the values of `DYNAMIC_KNOBS`, in that order, as
         the state's ``aees_dynamic_knobs`` does.
         """
-        static = core.AEESConfig(**dataclasses.asdict(self))
+        static = core.AEESConfig(**dict(self.knobs))
         values = dict(zip(DYNAMIC_KNOBS, dynamic_knobs, strict=True)) if dynamic_knobs else {}
         return _with_dynamic_knobs(static, values)
 
@@ -335,10 +295,11 @@ def _with_dynamic_knobs(config: core.AEESConfig, values: dict[str, Any]) -> core
     """
     if not values:
         return config
-    dynamic = copy.copy(config)
-    for name, value in values.items():
-        object.__setattr__(dynamic, name, jnp.asarray(value).astype(_dynamic_dtype(config, name)))
-    return dynamic
+    arrays = {
+        name: jnp.asarray(value).astype(_dynamic_dtype(config, name))
+        for name, value in values.items()
+    }
+    return core.AEESConfig._unchecked({**config.as_dict(), **arrays})
 
 
 def core_function(function: Callable[..., Any], config: core.AEESConfig) -> Callable[..., Any]:
@@ -642,49 +603,7 @@ def _check_landing(snapshot: GuardSnapshot, params: optax.Params) -> tuple[jax.A
 
 def aees(
     inner: optax.GradientTransformation,
-    *,
-    lr_candidates: tuple[float, ...] = (1.0,),
-    noise_candidates: tuple[float, ...] = (0.0,),
-    episode_length: int = 100,
-    control_mode: str = "adaptive",
-    structured_control_mode: str = "independent",
-    context_mode: str = "none",
-    total_training_steps: int | None = None,
-    context_trend_window: int = 3,
-    context_trend_epsilon: float = 1e-3,
-    reward_instability_lambda: float = 0.1,
-    reward_epsilon: float = 1e-8,
-    reward_clip_min: float = -1.0,
-    reward_clip_max: float = 1.0,
-    ema_alpha: float = 0.1,
-    exploration_coef: float = 1.0,
-    discount: float = 0.95,
-    warmup_rounds: int = 1,
-    seed: int | jax.Array | None = None,
-    tie_break: str = "random",
-    log_capacity: int = 1024,
-    multiplier_mode: str = "absolute",
-    min_lr_scale: float = 0.015625,
-    max_lr_scale: float | None = None,
-    guard: bool | None = None,
-    guard_spike_ratio: float = 2.0,
-    guard_fast_alpha: float = 0.3,
-    guard_slow_alpha: float = 0.02,
-    guard_backoff: float = 0.5,
-    guard_max_consecutive: int = 3,
-    guard_warmup_steps: int = 20,
-    growth: bool | None = None,
-    growth_threshold: float = 0.5,
-    growth_factor: float = 2.0,
-    growth_patience: int = 1,
-    guard_spike_floor: float = 0.05,
-    growth_fit_fraction: float = 0.02,
-    eval_patience: int = 2,
-    eval_min_delta: float = 1e-3,
-    restore_best: bool = False,
-    preset: str | None = None,
-    track_update_norm: bool = True,
-    noise_generator: str = "counter",
+    **options: Unpack[AEESOptions],
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adaptive episodic exploration scheduling (AEES) around an optax optimizer.
 
@@ -741,67 +660,13 @@ def aees(
 
     Args:
       inner: the optimizer whose step AEES scales and whose gradients it noises.
-      lr_candidates: multipliers tried on the inner optimizer's update.
-      noise_candidates: gradient-noise standard deviations tried.
-      episode_length: steps per episode.
-      control_mode: ``"adaptive"`` (discounted UCB) or ``"random"``.
-      structured_control_mode: ``"independent"`` or ``"conditional"`` (one noise
-        controller per LR arm).
-      context_mode: ``"none"``, ``"trend"`` or ``"trend_phase"``.
-      total_training_steps: horizon of the phase context (``"trend_phase"`` only).
-      context_trend_window: episode-end losses that define the trend.
-      context_trend_epsilon: slope below which the trend is stable.
-      reward_instability_lambda: weight of the loss-variance penalty.
-      reward_epsilon: added inside the logarithms and the variance normaliser.
-      reward_clip_min: lower clip of the reward.
-      reward_clip_max: upper clip of the reward.
-      ema_alpha: smoothing of the episode-local loss EMA.
-      exploration_coef: UCB exploration coefficient.
-      discount: UCB discount per update.
-      warmup_rounds: times each arm is tried before UCB scores count.
-      seed: an int, a typed JAX key (``jax.random.key``) or a raw one
-        (``jax.random.PRNGKey``); ``None`` draws fresh entropy once, when
-        `aees` is called. A traced key is fine, so a vmapped ``init`` can give
-        every population member its own key. An int gives the same key with
-        and without JAX's x64 mode (as ``jax.random.key`` does with x64).
-      tie_break: ``"random"`` or ``"lowest"`` (deterministic comparisons).
-      log_capacity: how many recent closed episodes the state keeps for logs.
-      multiplier_mode: ``"absolute"`` (an LR arm is the multiplier) or
-        ``"relative"`` (an arm multiplies a running scale each episode).
-      min_lr_scale: floor of the running LR scale.
-      max_lr_scale: ceiling of the running LR scale (``None``: 1, or the preset's).
-      guard: the spike guard. When the loss spikes (its fast EMA passes
-        ``guard_spike_ratio`` times its slow EMA) or turns non-finite, the step
-        returns updates that carry the parameters back onto the snapshot taken
-        at the last sound episode boundary (exact up to the rounding of
-        ``params + updates``), restores the inner state from it, and halves the
-        LR scale (cuts compound down to ``min_lr_scale``). Needs ``params`` in
-        ``update``; costs one copy of the parameters and of the inner state.
-      guard_spike_ratio, guard_fast_alpha, guard_slow_alpha, guard_backoff,
-        guard_max_consecutive, guard_warmup_steps: the guard's knobs, validated
-        as in `pulseopt_core.AEESConfig`.
-      growth: grow the LR scale while updates keep their direction (needs
-        ``guard`` and ``track_update_norm``): at each snapshot the distance the
-        parameters moved since the previous one is compared with the sum of the
-        update norms, one extra reduction per episode. See
-        `pulseopt_core.AEESConfig` for the rule.
-      growth_threshold, growth_factor, growth_patience: the growth rule's knobs.
-      guard_spike_floor, growth_fit_fraction: keep the preset safe once the
-        training loss nears zero (see `pulseopt_core.AEESConfig`).
-      eval_patience, eval_min_delta: with the guard, how a held-out loss handed
-        to ``update`` as ``eval_value`` steers the LR scale.
-      restore_best: keep a copy of the parameters at the best ``eval_value``
-        (one more copy of the parameters); `best_params` returns it.
-      preset: ``None`` (the knobs as given) or ``"robust"`` (``guard=True``,
-        ``growth=True``, ``max_lr_scale=64``): the recommended setting when the
-        base learning rate may be mis-set in either direction. ``max_lr_scale``,
-        ``guard`` and ``growth`` default to ``None`` (not given): the preset's
-        value, else 1, False, False; a value given wins, also one equal to the
-        default (``preset="robust", growth=False`` is the guard alone).
-      track_update_norm: record the L2 norm of every update (one reduction per
-        step); ``False`` logs ``None`` for ``mean_update_norms``.
-      noise_generator: ``"counter"`` (fused counter-based sampler, the default)
-        or ``"threefry"`` (``jax.random.normal``); see `pulseopt_core.noise`.
+      **options: the knobs and options below, each optional and keyword-only.
+        A knob given explicitly wins over the preset, also one equal to its
+        default; the preset's knobs default to None (not given). The guard
+        (``preset="robust"``) needs ``params`` in ``update``; growth needs the
+        update norms; ``restore_best`` keeps the parameters of the best
+        ``eval_value`` for `best_params`.
+      {options}
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the
@@ -829,53 +694,16 @@ def aees(
     References:
       The reference PyTorch implementation: ``pulseopt`` 0.1.0 (``AEES``).
     """
-    knobs: dict[str, Any] = {
-        "lr_candidates": lr_candidates,
-        "noise_candidates": noise_candidates,
-        "episode_length": episode_length,
-        "control_mode": control_mode,
-        "structured_control_mode": structured_control_mode,
-        "context_mode": context_mode,
-        "total_training_steps": total_training_steps,
-        "context_trend_window": context_trend_window,
-        "context_trend_epsilon": context_trend_epsilon,
-        "reward_instability_lambda": reward_instability_lambda,
-        "reward_epsilon": reward_epsilon,
-        "reward_clip_min": reward_clip_min,
-        "reward_clip_max": reward_clip_max,
-        "ema_alpha": ema_alpha,
-        "exploration_coef": exploration_coef,
-        "discount": discount,
-        "warmup_rounds": warmup_rounds,
-        "tie_break": tie_break,
-        "log_capacity": log_capacity,
-        "multiplier_mode": multiplier_mode,
-        "min_lr_scale": min_lr_scale,
-        "max_lr_scale": max_lr_scale,
-        "guard": guard,
-        "guard_spike_ratio": guard_spike_ratio,
-        "guard_fast_alpha": guard_fast_alpha,
-        "guard_slow_alpha": guard_slow_alpha,
-        "guard_backoff": guard_backoff,
-        "guard_max_consecutive": guard_max_consecutive,
-        "guard_warmup_steps": guard_warmup_steps,
-        "growth": growth,
-        "growth_threshold": growth_threshold,
-        "growth_factor": growth_factor,
-        "growth_patience": growth_patience,
-        "guard_spike_floor": guard_spike_floor,
-        "growth_fit_fraction": growth_fit_fraction,
-        "eval_patience": eval_patience,
-        "eval_min_delta": eval_min_delta,
-        "restore_best": restore_best,
-    }
+    given, adapter = core.split_options("aees", AEESOptions, options)
+    seed, preset = adapter["seed"], adapter["preset"]
+    track_update_norm, noise_generator = adapter["track_update_norm"], adapter["noise_generator"]
     if noise_generator not in NOISE_GENERATORS:
         raise ValueError(
             f"noise_generator must be one of {list(NOISE_GENERATORS)}, got {noise_generator!r}."
         )
     if not isinstance(track_update_norm, bool):
         raise ValueError(f"track_update_norm must be a bool, got {track_update_norm!r}.")
-    traced = {name: value for name, value in knobs.items() if _is_traced(value)}
+    traced = {name: value for name, value in given.items() if _is_traced(value)}
     for name in traced:
         if name not in DYNAMIC_KNOBS:
             raise ValueError(
@@ -883,9 +711,6 @@ def aees(
                 f"value; when wrapping aees in optax.inject_hyperparams, pass "
                 f"static_args=pulseopt_optax.STRUCTURAL_KNOBS."
             )
-    # ``None`` for a preset's knob means "not given": the preset's value, else
-    # the default; anything given wins over the preset.
-    given = {name: value for name, value in knobs.items() if value is not None}
     static: dict[str, Any] = {
         name: (_python_sequence if name in _SEQUENCE_KNOBS else _python_scalar)(name, value)
         for name, value in given.items()
@@ -1060,3 +885,6 @@ def aees(
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+core.document(aees, AEESOptions, keep=("inner",))

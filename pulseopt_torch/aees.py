@@ -28,7 +28,7 @@ import operator
 import secrets
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Unpack
 
 import jax
 import numpy as np
@@ -65,6 +65,28 @@ _STATE_DICT_KEYS = (
 GradientStatus = Literal["check", "finite", "overflow"]
 
 
+class AEESOptions(core.AdapterOptions, total=False):
+    """The keyword arguments of `AEES` and `AEESOptimizer`: every knob, plus these options."""
+
+    seed: Annotated[
+        int | None,
+        core.Knob(
+            None,
+            "an int makes every decision and all noise reproducible; None draws a seed once "
+            "(under torch.distributed, shared from rank 0).",
+        ),
+    ]
+    skip_nonfinite: Annotated[
+        bool,
+        core.Knob(
+            False,
+            "on a NaN/Inf loss, skip the step (no optimizer or scheduler step, nothing "
+            "recorded, counted in skipped_steps) instead of raising ValueError. A step whose "
+            "gradients are not finite (with a finite loss) is always skipped this way.",
+        ),
+    ]
+
+
 class AEES:
     """Adaptive episodic control of an optimizer's LR multiplier and gradient noise.
 
@@ -77,52 +99,30 @@ class AEES:
 
     Args:
       optimizer: any `torch.optim.Optimizer`; AEES calls its ``step()``.
-      lr_candidates, noise_candidates, episode_length, control_mode,
-      structured_control_mode, context_mode, total_training_steps,
-      context_trend_window, context_trend_epsilon, reward_instability_lambda,
-      reward_epsilon, reward_clip_min, reward_clip_max, ema_alpha,
-      exploration_coef, discount, warmup_rounds, seed, tie_break, log_capacity,
-      multiplier_mode, min_lr_scale, max_lr_scale, guard, guard_spike_ratio,
-      guard_fast_alpha, guard_slow_alpha, guard_backoff, guard_max_consecutive,
-      guard_warmup_steps, guard_spike_floor, growth, growth_threshold,
-      growth_factor, growth_patience, growth_fit_fraction, eval_patience,
-      eval_min_delta, restore_best:
-        the knobs of `pulseopt_core.AEESConfig`, with the same defaults.
-        With ``restore_best`` the wrapper keeps one copy of the parameters,
-        taken at the best loss handed to `observe_eval`, and `finalize` copies
-        it back.
-        ``log_capacity`` bounds only the core's in-state log: `get_logs` keeps
-        every episode. With ``seed=None`` a seed is drawn once (and, under
-        ``torch.distributed``, shared from rank 0).
       lr_scheduler: stepped by AEES after every applied optimizer step.
-      track_update_norm: record the L2 norm of each step's parameter update
-        (one parameter-sized buffer, allocated once). With ``False`` nothing
-        parameter-sized is allocated and ``mean_update_norms`` logs ``None``.
-      max_lr_scale, guard, growth: ``None`` (not given) takes the preset's value,
-        or the default (1, False, False) without one; a value given wins over
-        the preset, also one equal to the default.
-      preset: ``None`` (the published behaviour, the default) or ``"robust"``:
-        the spike guard and growth on, ``max_lr_scale=64``. When the loss
-        spikes (its fast average passes twice its slow average) or turns
-        non-finite, the parameters and the optimizer state are restored in
-        place from the snapshot taken at the last sound episode boundary, and
-        the LR multiplier is halved (cuts compound, down to ``min_lr_scale``,
-        and growth never climbs back past a cut). While successive updates
-        keep their direction (the parameters moved more than half their path
-        length over the episode), the multiplier doubles at the episode's end.
-        Holds one copy of the parameters and one of the optimizer state (plus
-        the update-norm buffer, which growth needs: a step's update is the
-        difference from the parameters before that step, which no snapshot
-        holds), all allocated by the end of the first step; costs one host
-        read per step, and at each episode boundary one distance computed in
-        the update-norm buffer (no temporary of the parameters' size). The
-        snapshot covers param groups added after construction from the next
-        step on (or the next `state_dict`).
-      skip_nonfinite: on a NaN/Inf loss, skip the step (no optimizer or
-        scheduler step, nothing recorded, counted in the core's
-        ``skipped_steps``) instead of raising ``ValueError``. A step whose
-        gradients are not finite (with a finite loss) is always skipped this
-        way; with `torch.amp.GradScaler`, use `AEESOptimizer`.
+      **options: the knobs and options below, each optional and keyword-only.
+        A knob given explicitly wins over the preset, also one equal to its
+        default; the preset's knobs default to None (not given).
+      {options}
+
+    What the options cost here: ``track_update_norm`` keeps one
+    parameter-sized buffer (allocated once; with ``False`` nothing
+    parameter-sized is allocated and ``mean_update_norms`` logs ``None``).
+    The guard (``preset="robust"``) restores the parameters and the optimizer
+    state in place from its snapshot: it holds one copy of the parameters and
+    one of the optimizer state (plus the update-norm buffer, which growth
+    needs: a step's update is the difference from the parameters before that
+    step, which no snapshot holds), all allocated by the end of the first
+    step; it costs one host read per step, and at each episode boundary one
+    distance computed in the update-norm buffer (no temporary of the
+    parameters' size). The snapshot covers param groups added after
+    construction from the next step on (or the next `state_dict`). With
+    ``restore_best`` the wrapper keeps one copy of the parameters, taken at
+    the best loss handed to `observe_eval`, and `finalize` copies it back.
+    ``log_capacity`` bounds only the core's in-state log: `get_logs` keeps
+    every episode. With ``seed=None`` a seed is drawn once (and, under
+    ``torch.distributed``, shared from rank 0). ``skip_nonfinite`` and a
+    GradScaler: use `AEESOptimizer` with `torch.amp.GradScaler`.
 
     Example:
       >>> model = torch.nn.Linear(4, 1)
@@ -147,106 +147,23 @@ class AEES:
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        lr_candidates: Iterable[float] = (1.0,),
-        noise_candidates: Iterable[float] = (0.0,),
-        episode_length: int = 100,
-        control_mode: str = "adaptive",
-        structured_control_mode: str = "independent",
-        context_mode: str = "none",
-        total_training_steps: int | None = None,
-        context_trend_window: int = 3,
-        context_trend_epsilon: float = 1e-3,
-        reward_instability_lambda: float = 0.1,
-        reward_epsilon: float = 1e-8,
-        reward_clip_min: float = -1.0,
-        reward_clip_max: float = 1.0,
-        ema_alpha: float = 0.1,
-        exploration_coef: float = 1.0,
-        discount: float = 0.95,
-        warmup_rounds: int = 1,
-        seed: int | None = None,
-        tie_break: str = "random",
-        log_capacity: int = 1024,
-        multiplier_mode: str = "absolute",
-        min_lr_scale: float = 1.0 / 64.0,
-        max_lr_scale: float | None = None,
-        guard: bool | None = None,
-        guard_spike_ratio: float = 2.0,
-        guard_fast_alpha: float = 0.3,
-        guard_slow_alpha: float = 0.02,
-        guard_backoff: float = 0.5,
-        guard_max_consecutive: int = 3,
-        guard_warmup_steps: int = 20,
-        growth: bool | None = None,
-        growth_threshold: float = 0.5,
-        growth_factor: float = 2.0,
-        growth_patience: int = 1,
-        guard_spike_floor: float = 0.05,
-        growth_fit_fraction: float = 0.02,
-        eval_patience: int = 2,
-        eval_min_delta: float = 1e-3,
-        restore_best: bool = False,
-        preset: str | None = None,
         lr_scheduler: Any | None = None,
-        track_update_norm: bool = True,
-        skip_nonfinite: bool = False,
+        **options: Unpack[AEESOptions],
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}.")
+        knobs, adapter = core.split_options("AEES", AEESOptions, options)
+        track_update_norm = adapter["track_update_norm"]
+        skip_nonfinite = adapter["skip_nonfinite"]
+        if "lr_candidates" in knobs:
+            knobs["lr_candidates"] = _as_candidates(knobs["lr_candidates"])
+        if "noise_candidates" in knobs:
+            knobs["noise_candidates"] = _as_candidates(knobs["noise_candidates"])
         # The config warns about ignored knobs; re-issue at the caller's line.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            # ``None`` for a preset's knob means "not given": the preset's
-            # value, else the default; anything given wins over the preset.
-            preset_knobs: dict[str, Any] = {
-                name: value
-                for name, value in (
-                    ("max_lr_scale", max_lr_scale),
-                    ("guard", guard),
-                    ("growth", growth),
-                )
-                if value is not None
-            }
-            config = core.AEESConfig(
-                **preset_knobs,
-                lr_candidates=_as_candidates(lr_candidates),
-                noise_candidates=_as_candidates(noise_candidates),
-                episode_length=episode_length,
-                control_mode=control_mode,
-                structured_control_mode=structured_control_mode,
-                context_mode=context_mode,
-                total_training_steps=total_training_steps,
-                context_trend_window=context_trend_window,
-                context_trend_epsilon=context_trend_epsilon,
-                reward_instability_lambda=reward_instability_lambda,
-                reward_epsilon=reward_epsilon,
-                reward_clip_min=reward_clip_min,
-                reward_clip_max=reward_clip_max,
-                ema_alpha=ema_alpha,
-                exploration_coef=exploration_coef,
-                discount=discount,
-                warmup_rounds=warmup_rounds,
-                seed=seed,
-                tie_break=tie_break,
-                log_capacity=log_capacity,
-                multiplier_mode=multiplier_mode,
-                min_lr_scale=min_lr_scale,
-                guard_spike_ratio=guard_spike_ratio,
-                guard_fast_alpha=guard_fast_alpha,
-                guard_slow_alpha=guard_slow_alpha,
-                guard_backoff=guard_backoff,
-                guard_max_consecutive=guard_max_consecutive,
-                guard_warmup_steps=guard_warmup_steps,
-                growth_threshold=growth_threshold,
-                growth_factor=growth_factor,
-                growth_patience=growth_patience,
-                guard_spike_floor=guard_spike_floor,
-                growth_fit_fraction=growth_fit_fraction,
-                eval_patience=eval_patience,
-                eval_min_delta=eval_min_delta,
-                restore_best=restore_best,
-            )
-            config = core.apply_preset(config, preset, explicit=preset_knobs.keys())
+            config = core.AEESConfig(seed=adapter["seed"], **knobs)
+            config = core.apply_preset(config, adapter["preset"], explicit=knobs.keys())
         for warning in caught:
             warnings.warn(warning.message, warning.category, stacklevel=2)
 
@@ -779,6 +696,9 @@ class AEES:
         self._logged_episodes = self._episodes_closed
 
 
+core.document(AEES, AEESOptions, keep=("self", "optimizer", "lr_scheduler"))
+
+
 def _as_candidates(values: object) -> Any:
     """Candidates as a tuple of Python numbers when they form a real-number iterable.
 
@@ -874,6 +794,6 @@ def _world_size() -> int:
 def _config_values(config: core.AEESConfig) -> dict[str, Any]:
     """The knobs as plain Python values (candidate tuples as lists)."""
     values: dict[str, Any] = {}
-    for name, value in vars(config).items():
+    for name, value in config.as_dict().items():
         values[name] = list(value) if isinstance(value, tuple) else value
     return values

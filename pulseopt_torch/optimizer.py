@@ -23,12 +23,12 @@ from __future__ import annotations
 import numbers
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 
 import pulseopt_core as core
-from pulseopt_torch.aees import AEES, checked_entries
+from pulseopt_torch.aees import AEES, AEESOptions, checked_entries
 
 _STATE_DICT_KEYS = ("optimizer", "aees", "next_step")
 
@@ -38,9 +38,10 @@ class AEESOptimizer(torch.optim.Optimizer):
 
     Args:
       optimizer: the `torch.optim.Optimizer` that applies the updates.
-      **knobs: every keyword argument of `AEES` (the candidates, the episode
-        length, ``seed``, ``preset``, ``skip_nonfinite``, ...) except
-        ``lr_scheduler``: attach schedulers to the `AEESOptimizer` itself.
+      **options: the keyword arguments of `AEES` below, each optional and
+        keyword-only (not ``lr_scheduler``: attach schedulers to the
+        `AEESOptimizer` itself).
+      {options}
 
     Each ``step()`` needs the step's loss, computed before the update: the
     return value of ``closure`` when one is given (run with gradients
@@ -70,13 +71,13 @@ class AEESOptimizer(torch.optim.Optimizer):
     # A GradScaler passes its overflow check to step() instead of skipping it.
     _step_supports_amp_scaling = True
 
-    def __init__(self, optimizer: torch.optim.Optimizer, **knobs: Any) -> None:
-        if "lr_scheduler" in knobs:
+    def __init__(self, optimizer: torch.optim.Optimizer, **options: Unpack[AEESOptions]) -> None:
+        if "lr_scheduler" in options:
             raise TypeError(
                 "AEESOptimizer takes no lr_scheduler: create the scheduler on the "
                 "AEESOptimizer itself and step it as usual."
             )
-        aees = AEES(optimizer, **knobs)
+        aees = AEES(optimizer, **options)
         self._aees = aees
         self._observed: float | torch.Tensor | None = None
         self._next_step = 0
@@ -238,6 +239,9 @@ class AEESOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"AEESOptimizer({self._aees.optimizer!r})"
+
+
+core.document(AEESOptimizer, AEESOptions, keep=("self", "optimizer"))
 
 
 @torch.no_grad()

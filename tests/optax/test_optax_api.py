@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 
@@ -185,10 +184,13 @@ def test_every_core_knob_is_a_keyword_with_the_cores_default():
     """Knobs a preset sets default to None ("not given"), so a value given always wins."""
     parameters = inspect.signature(aees).parameters
     preset_knobs = {name for preset in core.PRESETS.values() for name in preset}
-    for field in dataclasses.fields(core.AEESConfig):
-        assert parameters[field.name].kind is inspect.Parameter.KEYWORD_ONLY
-        expected = None if field.name in preset_knobs else field.default
-        assert parameters[field.name].default == expected
+    defaults = core.AEESConfig()
+    assert set(core.KNOBS) == set(defaults.as_dict()) - {"seed"}
+    assert preset_knobs == set(core.PRESET_KNOBS)
+    for name in core.KNOBS:
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+        expected = None if name in preset_knobs else getattr(defaults, name)
+        assert parameters[name].default == expected
     assert parameters["track_update_norm"].default is True
 
 
