@@ -2,12 +2,15 @@
 
 One copy of the parameters, allocated when the wrapper is built, overwritten
 in place whenever `AEES.observe_eval` reports a new best, and copied back into
-the parameters by `AEES.finalize`.
+the parameters by `AEES.finalize`. For `DTensor` parameters (FSDP2, tensor
+parallel) it holds each rank's local shards, copied without communication.
 """
 
 from __future__ import annotations
 
 import torch
+
+from pulseopt_torch._sharding import local
 
 
 class BestParams:
@@ -19,7 +22,10 @@ class BestParams:
         self._holds = False
 
     def _params(self) -> list[torch.Tensor]:
-        return [p for group in self._optimizer.param_groups for p in group["params"]]
+        """The local shards of the optimizer's parameters."""
+        return [
+            local(p).detach() for group in self._optimizer.param_groups for p in group["params"]
+        ]
 
     @property
     def holds(self) -> bool:

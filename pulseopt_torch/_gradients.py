@@ -1,43 +1,60 @@
-"""Whether every gradient is finite, as one scalar on the device (no host sync).
+"""Whether every gradient is finite, as a flag on the device (no host sync).
 
-A step whose gradients hold a NaN or an infinity must not reach the optimizer
-(its update would poison the parameters and the optimizer's state), so the
-wrapper reads this flag together with the loss, in the same device read.
+A step whose gradients hold a NaN or an infinity must not go unnoticed (its
+update poisons the parameters and the optimizer's state). `NonFiniteCheck`
+sets a device flag with the kernel `torch.amp.GradScaler` uses for its
+overflow check (scaling by one, which leaves every value as it was), one
+launch per (device, dtype), reading each gradient once; the wrapper reads the
+flag when it next reads the device (see `pulseopt_torch.aees`). DTensor
+gradients are checked on their local shards, so each rank's flag covers its
+own shards and the wrapper sums the flags over ranks.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
+from pulseopt_torch._sharding import local
 
-@torch.no_grad()
-def largest_magnitude(param_groups: Iterable[Mapping[str, Any]]) -> torch.Tensor | None:
-    """The largest ``|g|`` over every gradient element, as a 0-d tensor (``None`` without gradients).
 
-    It is infinite when some element is infinite and NaN when some element is
-    NaN, and finite otherwise (the maximum of finite values cannot overflow).
-    Reads every gradient once with `torch._foreach_norm`; allocates only scalars.
-    """
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for group in param_groups:
-        for param in group["params"]:
-            grad = param.grad
-            if grad is None:
-                continue
-            if grad.is_sparse:
-                grad = grad._values()
-            if grad.numel() > 0:
-                by_device.setdefault(grad.device, []).append(grad)
-    if not by_device:
-        return None
-    maxima = [
-        torch.stack(torch._foreach_norm(grads, math.inf)).amax() for grads in by_device.values()
-    ]
-    if len(maxima) == 1:
-        return maxima[0]
-    home = maxima[0].device
-    return torch.stack([m.to(home, torch.float32) for m in maxima]).amax()
+class NonFiniteCheck:
+    """Sets a device flag when some gradient element is NaN or infinite."""
+
+    def __init__(self) -> None:
+        self._ones: dict[torch.device, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def flag(self, param_groups: Iterable[Mapping[str, Any]], found: torch.Tensor) -> None:
+        """Set ``found`` (a float32 scalar tensor, 0 on entry) to 1 if a gradient is not finite.
+
+        Gradients on other devices than ``found`` are checked on their own
+        device and their flags added to ``found``.
+        """
+        grouped: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for group in param_groups:
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    continue
+                grad = local(grad)
+                if grad.is_sparse:
+                    grad = grad._values()
+                if grad.is_complex():
+                    grad = torch.view_as_real(grad)
+                if grad.numel() > 0:
+                    grouped.setdefault((grad.device, grad.dtype), []).append(grad)
+        for (device, _), grads in grouped.items():
+            target = found if device == found.device else torch.zeros_like(found, device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, target, self._one(device))
+            if target is not found:
+                found.add_(target.to(found.device))
+
+    def _one(self, device: torch.device) -> torch.Tensor:
+        one = self._ones.get(device)
+        if one is None:
+            one = torch.ones((), dtype=torch.float32, device=device)
+            self._ones[device] = one
+        return one

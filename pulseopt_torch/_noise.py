@@ -4,6 +4,15 @@ Each parameter owns a generator seeded with ``seed + 1009 * group_index +
 param_index`` (created the first time the parameter receives noise), so the
 noise a parameter gets does not depend on which other parameters had
 gradients, and it matches the published PyTorch wrapper draw for draw.
+
+A `DTensor` gradient (FSDP2, tensor parallel) gets its noise on its local
+shard, drawn on the rank that holds it, with no communication. Each shard has
+its own stream (the seed also depends on the shard's index, so shards differ
+while replicas of one shard agree), so the noise is independent N(0, std^2)
+per element and reproducible for a given sharding, but it is not what one
+device would draw for the same element: matching that would make every rank
+draw, and throw away, the draws of every element before its shard (the CPU
+generator cannot skip ahead), a cost of the whole parameter on each rank.
 """
 
 from __future__ import annotations
@@ -13,8 +22,11 @@ from typing import Any
 
 import torch
 
-# Spreads the generator seeds of different param groups apart.
+from pulseopt_torch._sharding import local, shard_index
+
+# Spreads the generator seeds of different param groups, and of different shards, apart.
 _GROUP_SEED_STRIDE = 1009
+_SHARD_SEED_STRIDE = 1_000_003
 
 
 class GradientNoise:
@@ -29,10 +41,12 @@ class GradientNoise:
         """Add noise with standard deviation ``std`` to the ``.grad`` of every parameter."""
         for group_index, group in enumerate(param_groups):
             for param_index, param in enumerate(group["params"]):
-                grad = param.grad
-                if grad is None:
+                if param.grad is None:
                     continue
-                generator = self._generator(group_index, param_index, grad.device)
+                grad = local(param.grad)
+                generator = self._generator(
+                    group_index, param_index, grad.device, shard_index(param.grad)
+                )
                 noise = torch.randn(
                     grad.shape, generator=generator, device=grad.device, dtype=grad.dtype
                 )
@@ -40,13 +54,19 @@ class GradientNoise:
                 grad.add_(noise.mul_(std))
 
     def _generator(
-        self, group_index: int, param_index: int, device: torch.device
+        self, group_index: int, param_index: int, device: torch.device, shard: int
     ) -> torch.Generator:
+        # One shard per parameter lives on a rank, so the name needs no shard index.
         name = f"{device}:{group_index}:{param_index}"
         generator = self._generators.get(name)
         if generator is None:
             generator = torch.Generator(device=device)
-            generator.manual_seed(self._seed + _GROUP_SEED_STRIDE * group_index + param_index)
+            generator.manual_seed(
+                self._seed
+                + _GROUP_SEED_STRIDE * group_index
+                + param_index
+                + _SHARD_SEED_STRIDE * shard
+            )
             self._generators[name] = generator
         return generator
 

@@ -11,6 +11,11 @@ A rollback copies everything back in place.
 Parameters added with ``optimizer.add_param_group`` after construction join
 the snapshot (`follow_params`) with the values and state they have when the
 wrapper first sees them, so a rollback restores them too.
+
+For `DTensor` parameters and optimizer state (FSDP2, tensor parallel) the
+snapshot holds plain copies of the local shards (shard-sized, never
+full-sized), and every copy runs on ``to_local()`` views, so nothing
+communicates and every rank copies its own shards.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from pulseopt_torch._sharding import DTensor, is_dtensor, local
+
+# What a DTensor in the optimizer state was, to rebuild it around a saved shard.
+_Spec = tuple[Any, Any, torch.Size, tuple[int, ...]]
 
 
 class Snapshot:
@@ -35,6 +45,7 @@ class Snapshot:
         # tensors are the ones in `_state_buffers`.
         self._saved_state: list[dict[str, Any]] = []
         self._state_buffers: list[dict[str, torch.Tensor]] = []
+        self._state_specs: list[dict[str, _Spec]] = []
         self._reserved_for = -1
         self._holds = False
 
@@ -45,7 +56,7 @@ class Snapshot:
 
     @property
     def saved_params(self) -> list[torch.Tensor]:
-        """The snapshot's copy of `params` (meaningful once `holds`)."""
+        """The snapshot's copy of `params` (their local shards; meaningful once `holds`)."""
         return self._saved_params
 
     @property
@@ -70,21 +81,26 @@ class Snapshot:
         saved_params: list[torch.Tensor] = []
         saved_state: list[dict[str, Any]] = []
         state_buffers: list[dict[str, torch.Tensor]] = []
+        state_specs: list[dict[str, _Spec]] = []
         for param in params:
             index = known.get(id(param))
             if index is not None:
                 saved_params.append(self._saved_params[index])
                 saved_state.append(self._saved_state[index])
                 state_buffers.append(self._state_buffers[index])
+                state_specs.append(self._state_specs[index])
                 continue
             buffers: dict[str, torch.Tensor] = {}
-            saved_params.append(param.detach().clone())
-            saved_state.append(_copy_into(buffers, self._optimizer.state.get(param, {})))
+            specs: dict[str, _Spec] = {}
+            saved_params.append(local(param).detach().clone())
+            saved_state.append(_copy_into(buffers, self._optimizer.state.get(param, {}), specs))
             state_buffers.append(buffers)
+            state_specs.append(specs)
         self._params = params
         self._saved_params = saved_params
         self._saved_state = saved_state
         self._state_buffers = state_buffers
+        self._state_specs = state_specs
         self._layout = layout
         self._reserved_for = -1
 
@@ -104,30 +120,35 @@ class Snapshot:
                 if isinstance(value, torch.Tensor) and not _fits(buffers.get(name), value):
                     # Zeros, not `empty_like`: writing commits the memory now, so a
                     # host that overcommits cannot fail at the first snapshot instead.
-                    buffers[name] = torch.zeros_like(value)
+                    buffers[name] = torch.zeros_like(local(value))
         self._reserved_for = len(state)
 
     @torch.no_grad()
     def take(self) -> None:
         """Copy the current parameters and optimizer state into the snapshot."""
         self.follow_params()
-        torch._foreach_copy_(self._saved_params, [p.detach() for p in self._params])
+        if self._params:
+            torch._foreach_copy_(self._saved_params, [local(p).detach() for p in self._params])
         state = self._optimizer.state
         self._saved_state = [
-            _copy_into(buffers, state.get(param, {}))
-            for param, buffers in zip(self._params, self._state_buffers, strict=True)
+            _copy_into(buffers, state.get(param, {}), specs)
+            for param, buffers, specs in zip(
+                self._params, self._state_buffers, self._state_specs, strict=True
+            )
         ]
         self._holds = True
 
     @torch.no_grad()
     def restore(self) -> None:
         """Copy the snapshot back into the parameters and the optimizer state, in place."""
-        torch._foreach_copy_([p.detach() for p in self._params], self._saved_params)
+        if self._params:
+            torch._foreach_copy_([local(p).detach() for p in self._params], self._saved_params)
         state = self._optimizer.state
-        for param, saved in zip(self._params, self._saved_state, strict=True):
+        for param, saved, specs in zip(
+            self._params, self._saved_state, self._state_specs, strict=True
+        ):
             if saved:
-                target = state.get(param, {})
-                state[param] = _copy_into(dict(target), saved)
+                state[param] = _copied_back(state.get(param, {}), saved, specs)
             else:
                 state.pop(param, None)
 
@@ -179,19 +200,20 @@ class Snapshot:
         for index, (param, saved, entry) in enumerate(
             zip(params, saved_params, saved_state, strict=True)
         ):
-            if not isinstance(saved, torch.Tensor) or saved.shape != param.shape:
+            shape = local(param).shape
+            if not isinstance(saved, torch.Tensor) or saved.shape != shape:
                 found = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved)
                 raise ValueError(
                     f"{where} parameter {index} is {found}, but the optimizer's has shape "
-                    f"{tuple(param.shape)}."
+                    f"{tuple(shape)} (on this rank)."
                 )
             _check_state_entry(where, index, entry, optimizer.state.get(param, {}))
         for index, (param, saved, entry) in enumerate(
             zip(params, saved_params, saved_state, strict=True)
         ):
-            snapshot._saved_params[index].copy_(saved.to(param.device))
+            snapshot._saved_params[index].copy_(saved.to(local(param).device))
             buffers = snapshot._state_buffers[index]
-            snapshot._saved_state[index] = _copy_into(buffers, entry)
+            snapshot._saved_state[index] = _copy_into(buffers, entry, snapshot._state_specs[index])
         snapshot._holds = True
         return snapshot
 
@@ -209,6 +231,7 @@ def _check_state_entry(where: str, index: int, entry: object, current: Mapping[s
         )
     for name, value in current.items():
         saved = entry[name]
+        value = local(value) if isinstance(value, torch.Tensor) else value
         if isinstance(value, torch.Tensor) and (
             not isinstance(saved, torch.Tensor)
             or saved.shape != value.shape
@@ -230,6 +253,8 @@ def _params_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 
 def _fits(buffer: torch.Tensor | None, value: torch.Tensor) -> bool:
+    """Whether ``buffer`` can hold a copy of ``value`` (of its local shard, for a DTensor)."""
+    value = local(value)
     return (
         buffer is not None
         and buffer is not value
@@ -239,19 +264,51 @@ def _fits(buffer: torch.Tensor | None, value: torch.Tensor) -> bool:
     )
 
 
-def _copy_into(buffers: dict[str, torch.Tensor], source: Mapping[str, Any]) -> dict[str, Any]:
-    """``source``'s entries, its tensors copied into ``buffers`` (which gains any it lacked)."""
+def _copy_into(
+    buffers: dict[str, torch.Tensor], source: Mapping[str, Any], specs: dict[str, _Spec]
+) -> dict[str, Any]:
+    """``source``'s entries, its tensors copied into ``buffers`` (which gains any it lacked).
+
+    A DTensor's local shard is copied, and what it was goes into ``specs``.
+    """
     out: dict[str, Any] = {}
     for name, value in source.items():
         if isinstance(value, torch.Tensor):
+            if is_dtensor(value):
+                specs[name] = (value.device_mesh, value.placements, value.shape, value.stride())
+            shard = local(value).detach()
             buffer = buffers.get(name)
-            if _fits(buffer, value):
+            if _fits(buffer, shard):
                 assert buffer is not None
-                buffer.copy_(value)
+                buffer.copy_(shard)
             else:
-                buffer = value.detach().clone()
+                buffer = shard.clone()
                 buffers[name] = buffer
             out[name] = buffer
         else:
             out[name] = copy.deepcopy(value)
+    return out
+
+
+def _copied_back(
+    target: Mapping[str, Any], saved: Mapping[str, Any], specs: Mapping[str, _Spec]
+) -> dict[str, Any]:
+    """A parameter's optimizer state holding ``saved``: copied into ``target``'s tensors in
+    place where they fit, else into fresh copies (rebuilt as DTensors where they were)."""
+    out: dict[str, Any] = {}
+    for name, value in saved.items():
+        if not isinstance(value, torch.Tensor):
+            out[name] = copy.deepcopy(value)
+            continue
+        current = target.get(name)
+        if isinstance(current, torch.Tensor) and _fits(value, current):
+            local(current).copy_(value)
+            out[name] = current
+        elif name in specs:
+            mesh, placements, shape, stride = specs[name]
+            out[name] = DTensor.from_local(
+                value.clone(), mesh, placements, run_check=False, shape=shape, stride=stride
+            )
+        else:
+            out[name] = value.clone()
     return out

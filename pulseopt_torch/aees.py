@@ -8,16 +8,26 @@ core runs on JAX's CPU device in float64 (see `pulseopt_torch._runtime`).
 A host-side mirror of the episode counters tells the wrapper when an episode
 closes, because that happens exactly when the number of recorded steps reaches
 ``episode_length``. So the core's state is read back to the host once per
-episode (the new arms and the closed episode's log entry). Between those
-reads nothing needs the core, so without the spike guard each step's loss and
-update norm are buffered on the host and handed to the core in one call
-(`_runtime.record_steps`, the same `core.record_step` applied in order) when
-the state is next read or the buffer is full. With the guard, each step's
-rollback decision needs the core, so every step is recorded at once.
+episode (the new arms and the closed episode's log entry).
 
-Each step reads the device once for the loss; the finiteness of every
-gradient travels in the same read (`_checked_loss`), so a step with a NaN or
-an infinite gradient is never applied.
+Host syncs. Each step's loss, a device flag saying whether a gradient was
+not finite, and the squared update norm stay on the device in a
+preallocated buffer (`_step_records.StepRecords`; under `torch.distributed`
+each step's row is all-reduced asynchronously), and are read back in one
+transfer when the wrapper needs them:
+
+* default configuration (no guard, ``skip_nonfinite=False``): at the step
+  that ends an episode, so no host sync between episode boundaries; the
+  steps read are then handed to the core in one call
+  (`_runtime.record_steps`, the same `core.record_step` applied in order);
+* with the guard or ``skip_nonfinite=True``: every step, before the
+  optimizer step, because applying, skipping or rolling back needs the loss
+  and the gradient flag then (the previous step's update norm travels in the
+  same read), plus once at the step that ends an episode for that step's
+  update norm. The guard records every step in the core as soon as it is read.
+
+Anything that reads the core's state (`AEES.core_state`, `AEES.state_dict`,
+`AEES.get_logs`, `AEES.observe_eval`, `AEES.finalize`) reads the buffer first.
 """
 
 from __future__ import annotations
@@ -39,10 +49,12 @@ import pulseopt_core as core
 from pulseopt_core.logs import empty_logs, log_entries
 from pulseopt_torch import _runtime
 from pulseopt_torch._best import BestParams
-from pulseopt_torch._gradients import largest_magnitude
+from pulseopt_torch._gradients import NonFiniteCheck
 from pulseopt_torch._noise import GradientNoise
+from pulseopt_torch._sharding import local
 from pulseopt_torch._snapshot import Snapshot
-from pulseopt_torch._update_norm import UpdateNormTracker
+from pulseopt_torch._step_records import StepRecords
+from pulseopt_torch._update_norm import NormSquares, UpdateNormTracker
 from pulseopt_torch.candidate import CandidateConfig
 
 # The core counts steps in int32.
@@ -50,6 +62,8 @@ _MAX_GLOBAL_STEP = 2**31 - 1
 _STATE_DICT_VERSION = 1
 # Steps buffered on the host before the core must take them (see the module docstring).
 _PENDING_CAPACITY = 128
+# Most steps kept on the device before a read (longer episodes read more often).
+_DEVICE_CAPACITY = 4096
 _STATE_DICT_KEYS = (
     "version",
     "config",
@@ -182,6 +196,17 @@ class AEES:
         self._best = BestParams(optimizer) if config.restore_best else None
 
         self._pending: list[tuple[float, float, bool]] = []
+        # Checking every step (see the module docstring) or once per episode.
+        self._checks_each_step = bool(config.guard) or self._skip_nonfinite
+        self._nonfinite_check = NonFiniteCheck()
+        # Allocated at the first step, on the parameters' device.
+        self._records: StepRecords | None = None
+        # The steps whose rows in `_records` are not read yet, in order.
+        self._unread: list[_UnreadStep] = []
+        # How many of `_unread` may count in the episode (all but known skips).
+        self._unread_counted = 0
+        self._deferred_error: str | None = None
+        self._step_number = 0
         self._applied_state: core.AEESState
         with _runtime.on_cpu_in_float64():
             self._state = core.init(self._core_config, self._seed)
@@ -214,7 +239,8 @@ class AEES:
                 "close the open step with step_end(loss) first."
             )
         global_step = _step_number(global_step)
-        if self._episode_steps == 0 and global_step != self._core_step:
+        self._step_number = global_step
+        if self._episode_steps == 0 and not self._unread and global_step != self._core_step:
             with _runtime.on_cpu_in_float64():
                 self._state = _runtime.restart_episode_at(
                     self._core_config, self._state, global_step
@@ -233,20 +259,36 @@ class AEES:
         Each param group's ``lr`` is multiplied for the ``optimizer.step()`` call
         only and restored afterwards, even if the optimizer raises.
 
-        A step whose gradients hold a NaN or an infinity (while the loss is
-        finite) is never applied: neither the optimizer nor the scheduler
-        steps, nothing is recorded and the core counts it in ``skipped_steps``.
-        With the spike guard it counts as a spike, so it rolls back when a
-        snapshot is held.
+        When non-finite values are found. A loss given as a Python number is
+        checked at once. A tensor loss and the gradients are checked on the
+        device, and the check is read:
+
+        * with the guard or ``skip_nonfinite=True``, in this call, before the
+          optimizer step (one host sync per step). A step whose gradients
+          hold a NaN or an infinity (with a finite loss) is then never
+          applied: neither the optimizer nor the scheduler steps, nothing is
+          recorded and the core counts it in ``skipped_steps``; with the guard
+          it counts as a spike, so it rolls back when a snapshot is held.
+        * in the default configuration, only by the `step_end` that ends the
+          episode (or by `finalize`, or earlier when `core_state`,
+          `state_dict`, `get_logs` or `observe_eval` reads the buffered
+          steps), so no step syncs with the device. Steps with a non-finite
+          tensor loss or non-finite gradients have then been applied (their
+          update is in the parameters); they are recorded as skipped, and
+          the `step_end` that read them (else the next `step_end` or
+          `finalize`) raises ``ValueError`` naming them, after completing its
+          own step.
 
         Args:
           loss: this step's loss (a tensor or a number), computed before the update.
 
         Raises:
           RuntimeError: if no step is open.
-          ValueError: if the loss is NaN or infinite (and ``skip_nonfinite`` is
-            off), or is a tensor of more than one element. Nothing is applied
-            and the step is closed, so the next `step_start` works.
+          ValueError: if the loss is a tensor of more than one element, or is
+            NaN or infinite (and ``skip_nonfinite`` is off): a Python number
+            or, with the guard, a tensor, at once, with nothing applied and
+            the step closed, so the next `step_start` works; otherwise when
+            read, as above.
         """
         self._end_step(loss, "check")
 
@@ -262,6 +304,10 @@ class AEES:
             raise RuntimeError(
                 "step_end() called without a preceding step_start(); open the step first."
             )
+        if not self._checks_each_step:
+            self._end_step_unread(candidate, loss, gradients)
+            self._raise_deferred_error()
+            return
         try:
             loss_value, gradients_finite = self._checked_loss(loss, check=gradients == "check")
         except ValueError:
@@ -270,7 +316,7 @@ class AEES:
         gradients_finite = gradients_finite and gradients != "overflow"
         # A non-finite gradient is judged like a non-finite loss.
         judged_loss = loss_value if gradients_finite or gradients == "overflow" else math.inf
-        displacement = 0.0
+        displacement: NormSquares | None = None
         if self._snapshot is not None:
             rolled_back, displacement = self._guard_step(
                 judged_loss, applies=gradients_finite and math.isfinite(loss_value)
@@ -292,12 +338,117 @@ class AEES:
             return
 
         try:
-            update_norm = self._apply_optimizer_step(candidate)
+            update = self._apply_optimizer_step(candidate)
             if self._lr_scheduler is not None:
                 self._lr_scheduler.step()
         finally:
             self._current_candidate = None
-        self._record(loss_value, update_norm, skip=False, displacement=displacement)
+        if update is None and displacement is None:
+            self._record(loss_value, None, skip=False)
+            return
+        self._write_row(
+            _UnreadStep(self._step_number, loss_value, skip=False, moved=displacement is not None),
+            None,
+            None,
+            update,
+            displacement,
+        )
+
+    def _end_step_unread(
+        self, candidate: CandidateConfig, loss: float | torch.Tensor, gradients: GradientStatus
+    ) -> None:
+        """`_end_step` without reading the device: the loss and the checks join the buffer."""
+        try:
+            loss = _scalar_loss(loss)
+            if not isinstance(loss, torch.Tensor) and not math.isfinite(loss):
+                raise ValueError(
+                    f"loss passed to step_end() must be finite, got {loss!r}; "
+                    "nothing was applied (pass skip_nonfinite=True to skip such steps)."
+                )
+        except ValueError:
+            self._current_candidate = None
+            raise
+        records = self._step_records()
+        if gradients == "overflow":
+            self._current_candidate = None
+            self._write_row(_UnreadStep(self._step_number, None, skip=True), loss, None, None, None)
+            return
+        flag = None
+        if gradients == "check":
+            flag = torch.zeros((), dtype=torch.float32, device=records.device)
+            self._nonfinite_check.flag(self._optimizer.param_groups, flag)
+        try:
+            update = self._apply_optimizer_step(candidate)
+            if self._lr_scheduler is not None:
+                self._lr_scheduler.step()
+        finally:
+            self._current_candidate = None
+        self._write_row(_UnreadStep(self._step_number, None, skip=None), loss, flag, update, None)
+
+    def _write_row(
+        self,
+        step: _UnreadStep,
+        loss: float | torch.Tensor | None,
+        flag: torch.Tensor | None,
+        update: NormSquares | None,
+        moved: NormSquares | None,
+    ) -> None:
+        """Buffer a step on the device; read the buffer when the episode may have ended."""
+        records = self._step_records()
+        if records.full:
+            self._read_records()
+        records.write(loss, flag, update, moved)
+        self._unread.append(step)
+        self._unread_counted += not step.skip
+        ends_episode = self._episode_steps + self._unread_counted >= self._config.episode_length
+        if records.full or ends_episode:
+            self._read_records()
+
+    def _step_records(self) -> StepRecords:
+        if self._records is None:
+            # Checking every step, a row waits at most for the next step's read.
+            capacity = 2 if self._checks_each_step else self._config.episode_length
+            self._records = StepRecords(
+                min(capacity, _DEVICE_CAPACITY),
+                self._first_param_device(),
+                _world_size(),
+            )
+        return self._records
+
+    def _read_records(self, urgent: list[torch.Tensor] | None = None) -> list[float]:
+        """Read the buffered steps (and ``urgent``, summed over ranks) and record the steps."""
+        records = self._step_records()
+        urgent_values, rows = records.read(urgent or [])
+        unread, self._unread = self._unread, []
+        self._unread_counted = 0
+        world_size = _world_size()
+        bad_steps = []
+        for step, row in zip(unread, rows, strict=True):
+            loss = step.loss if step.loss is not None else row.loss / world_size
+            skip = step.skip
+            if skip is None:
+                skip = not math.isfinite(loss) or row.nonfinite_gradients > 0
+                if skip:
+                    bad_steps.append(step.number)
+            elif step.loss is None and not math.isfinite(loss):
+                bad_steps.append(step.number)
+            norm = None if skip or self._norm_tracker is None else row.update_norm
+            moved = row.moved_norm if step.moved else 0.0
+            self._record(loss, None if skip else norm, skip=skip, displacement=moved)
+        if bad_steps:
+            self._deferred_error = (
+                f"the loss or the gradients of step(s) {bad_steps} were not finite; found when "
+                "the buffered steps were read, after those steps were applied (they are recorded "
+                "as skipped). Pass skip_nonfinite=True, or use preset='robust', to check every "
+                "step before it is applied."
+            )
+        return urgent_values
+
+    def _raise_deferred_error(self) -> None:
+        """Raise the error a read of the buffered steps found, once."""
+        message, self._deferred_error = self._deferred_error, None
+        if message is not None:
+            raise ValueError(message)
 
     def observe_eval(self, eval_loss: float | torch.Tensor) -> None:
         """Hand AEES a held-out (validation) loss measured at the current parameters.
@@ -336,11 +487,13 @@ class AEES:
             )
         if self._best is not None:
             self._best.restore()
-        if self._episode_steps == 0:
-            return
-        with _runtime.on_cpu_in_float64():
-            self._state = _runtime.finalize(self._core_config, self._state)
-        self._close_mirrored_episode()
+        if self._unread:
+            self._read_records()
+        if self._episode_steps > 0:
+            with _runtime.on_cpu_in_float64():
+                self._state = _runtime.finalize(self._core_config, self._state)
+            self._close_mirrored_episode()
+        self._raise_deferred_error()
 
     # ------------------------------------------------------------------ introspection
 
@@ -417,6 +570,11 @@ class AEES:
         if self._best is not None:
             self._best.load(loaded.best)
         self._logged_episodes = len(loaded.logs["episode_rewards"])
+        if self._unread:
+            self._step_records().read()
+        self._unread = []
+        self._unread_counted = 0
+        self._deferred_error = None
         self._episode_steps, self._core_step, self._episodes_closed = loaded.counters
         self._episode_candidate = None
         self._current_candidate = None
@@ -495,59 +653,40 @@ class AEES:
         return seed
 
     def _first_param_device(self) -> torch.device:
-        device: torch.device = self._optimizer.param_groups[0]["params"][0].device
+        device: torch.device = local(self._optimizer.param_groups[0]["params"][0]).device
         return device
 
     def _checked_loss(self, loss: float | torch.Tensor, *, check: bool) -> tuple[float, bool]:
         """The loss as a float (averaged over ranks) and whether every gradient is finite.
 
-        The common case costs one device read: the loss and the gradient check
-        travel as one float64 scalar, the loss itself while every gradient is
-        finite and NaN otherwise; only when that scalar is not finite is the
-        loss read again to tell the two apart. Under `torch.distributed` both
-        are summed over ranks in one all-reduce of a fresh tensor (never the
-        caller's), so every rank takes the same branch.
+        One device read, which also reads (and records) the buffered steps.
+        Under `torch.distributed` the loss and the gradient flag are summed
+        over ranks in one all-reduce of a fresh tensor (never the caller's),
+        so every rank takes the same branch.
 
         Raises:
           ValueError: if ``loss`` is a tensor with more than one element.
         """
-        if isinstance(loss, torch.Tensor):
-            if loss.numel() != 1:
-                raise ValueError(
-                    f"loss passed to step_end() must be a scalar, got a tensor of shape "
-                    f"{tuple(loss.shape)}."
-                )
-            loss = loss.detach()
-        largest = largest_magnitude(self._optimizer.param_groups) if check else None
+        loss = _scalar_loss(loss)
+        records = self._step_records()
         world_size = _world_size()
-        if world_size == 1 and largest is None:
-            return (float(loss.item()) if isinstance(loss, torch.Tensor) else float(loss)), True
-        device = loss.device if isinstance(loss, torch.Tensor) else self._first_param_device()
-        if isinstance(loss, torch.Tensor):
-            loss_and_largest = [loss.reshape(()).to(torch.float64)]
-        else:
-            loss_and_largest = [torch.tensor(float(loss), dtype=torch.float64, device=device)]
-        if largest is not None:
-            loss_and_largest.append(largest.to(device, torch.float64))
-        elif world_size > 1 and check:
-            # Every rank reduces the same shape, with or without gradients of its own.
-            loss_and_largest.append(torch.zeros((), dtype=torch.float64, device=device))
-        if world_size > 1:
-            # A fresh tensor: the caller's loss is never written to.
-            total = torch.stack(loss_and_largest)
-            dist.all_reduce(total)
-            loss_and_largest = list(total.unbind())
-        if len(loss_and_largest) == 1:
-            return float(loss_and_largest[0].item()) / world_size, True
-        loss_sum, largest_sum = loss_and_largest
-        # ``0 * largest`` is 0 while every gradient is finite and NaN otherwise.
-        combined = float((loss_sum + largest_sum * 0.0).item())
-        if math.isfinite(combined):
-            return combined / world_size, True
-        return float(loss_sum.item()) / world_size, math.isfinite(largest_sum.item())
+        urgent = []
+        # A Python number is read already, unless the ranks must average it.
+        loss_on_device = isinstance(loss, torch.Tensor) or world_size > 1
+        if loss_on_device:
+            urgent.append(torch.as_tensor(loss, dtype=torch.float64, device=records.device))
+        if check:
+            flag = torch.zeros((), dtype=torch.float32, device=records.device)
+            self._nonfinite_check.flag(self._optimizer.param_groups, flag)
+            urgent.append(flag)
+        if not urgent and not self._unread:
+            return float(loss), True
+        values = self._read_records(urgent)
+        loss_value = values.pop(0) / world_size if loss_on_device else float(loss)
+        return loss_value, not check or values[0] == 0.0
 
-    def _apply_optimizer_step(self, candidate: CandidateConfig) -> float | None:
-        """Noise, then ``optimizer.step()`` with multiplied LRs; returns the update norm."""
+    def _apply_optimizer_step(self, candidate: CandidateConfig) -> NormSquares | None:
+        """Noise, then ``optimizer.step()`` with multiplied LRs; returns the squared update norm."""
         groups = self._optimizer.param_groups
         if candidate.noise_std > 0.0:
             self._noise.add_to_gradients(groups, candidate.noise_std)
@@ -563,9 +702,9 @@ class AEES:
                 group["lr"] = base_lr
         if self._snapshot is not None:
             self._snapshot.reserve_state()
-        return None if self._norm_tracker is None else self._norm_tracker.norm()
+        return None if self._norm_tracker is None else self._norm_tracker.squares()
 
-    def _guard_step(self, loss: float, *, applies: bool) -> tuple[bool, float]:
+    def _guard_step(self, loss: float, *, applies: bool) -> tuple[bool, NormSquares | None]:
         """Let the spike guard snapshot or roll back.
 
         Args:
@@ -574,8 +713,9 @@ class AEES:
             that will be skipped takes no snapshot, as the core records none.
 
         Returns:
-          Whether the step was rolled back, and the distance the parameters
-          moved since the previous snapshot when one was taken now (else 0).
+          Whether the step was rolled back, and the squared distance the
+          parameters moved since the previous snapshot when one was taken now
+          (else ``None``), on the device.
         """
         snapshot = self._snapshot
         assert snapshot is not None
@@ -584,10 +724,12 @@ class AEES:
             decision = _runtime.guard_check(self._core_config, self._state, loss)
             rollback, take_snapshot = (bool(flag) for flag in jax.device_get(decision))
         if not rollback:
-            moved = 0.0
+            moved = None
             if take_snapshot and applies:
                 if self._config.growth and snapshot.holds and self._norm_tracker is not None:
-                    moved = self._norm_tracker.distance(snapshot.params, snapshot.saved_params)
+                    moved = self._norm_tracker.distance_squares(
+                        snapshot.params, snapshot.saved_params
+                    )
                 snapshot.take()
             return False, moved
         self._current_candidate = None
@@ -600,11 +742,13 @@ class AEES:
         self._episode_steps = 0
         self._core_step += 1
         self._episode_candidate = None
-        return True, 0.0
+        return True, None
 
     @property
     def _state(self) -> core.AEESState:
-        """The core's state with every buffered step recorded."""
+        """The core's state with every buffered step recorded (reading the device's first)."""
+        if self._unread:
+            self._read_records()
         self._flush()
         return self._applied_state
 
@@ -634,6 +778,7 @@ class AEES:
     def _record(
         self, loss: float, update_norm: float | None, *, skip: bool, displacement: float = 0.0
     ) -> None:
+        """Record a step whose values are on the host: in the core with the guard, else buffered."""
         if self._config.guard:
             with _runtime.on_cpu_in_float64():
                 self._state = _runtime.record_step(
@@ -651,7 +796,9 @@ class AEES:
             if len(self._pending) == _PENDING_CAPACITY:
                 self._flush()
         # Mirror the core's rule: a skipped step or a non-finite value is not counted.
-        if skip or (update_norm is not None and not math.isfinite(update_norm)):
+        if skip or not math.isfinite(loss):
+            return
+        if update_norm is not None and not math.isfinite(update_norm):
             return
         self._episode_steps += 1
         self._core_step += 1
@@ -697,6 +844,37 @@ class AEES:
 
 
 core.document(AEES, AEESOptions, keep=("self", "optimizer", "lr_scheduler"))
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnreadStep:
+    """A step buffered on the device: what the host already knows of it.
+
+    ``loss`` is ``None`` when it is in the step's row; ``skip`` is ``None``
+    when the row decides it (a non-finite loss or gradient flag); ``moved``
+    says whether the row holds the guard's snapshot distance.
+    """
+
+    number: int
+    loss: float | None
+    skip: bool | None
+    moved: bool = False
+
+
+def _scalar_loss(loss: float | torch.Tensor) -> float | torch.Tensor:
+    """The loss detached (a tensor) or as a float.
+
+    Raises:
+      ValueError: if ``loss`` is a tensor with more than one element.
+    """
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(
+                f"loss passed to step_end() must be a scalar, got a tensor of shape "
+                f"{tuple(loss.shape)}."
+            )
+        return loss.detach()
+    return float(loss)
 
 
 def _as_candidates(values: object) -> Any:

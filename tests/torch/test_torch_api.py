@@ -241,18 +241,41 @@ def test_total_training_steps_outside_trend_phase_warns_at_the_callers_line() ->
 
 
 @pytest.mark.parametrize("bad_loss", [math.nan, math.inf, -math.inf])
-def test_non_finite_loss_raises_applies_nothing_and_closes_the_step(bad_loss: float) -> None:
-    model, aees = _wrapped()
+@pytest.mark.parametrize(
+    ("as_tensor", "knobs"), [(False, {}), (True, {"preset": "robust"})], ids=["number", "guard"]
+)
+def test_non_finite_loss_raises_applies_nothing_and_closes_the_step(
+    bad_loss: float, as_tensor: bool, knobs: dict[str, object]
+) -> None:
+    # A Python number is checked at once; a tensor wherever every step is read.
+    model, aees = _wrapped(**knobs)
     before = [p.detach().clone() for p in model.parameters()]
     aees.step_start(0)
     _backward(model)
     with pytest.raises(ValueError, match="finite"):
-        aees.step_end(torch.tensor(bad_loss))
+        aees.step_end(torch.tensor(bad_loss) if as_tensor else bad_loss)
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     assert aees.optimizer.param_groups[0]["lr"] == 1e-2
     assert aees.current_candidate is None
     train(aees, model, range(1, 4))
     assert aees.get_logs()["episode_start_steps"] == [1]
+
+
+def test_a_non_finite_tensor_loss_raises_at_the_episode_end_in_the_default_configuration() -> None:
+    model, aees = _wrapped(episode_length=3)
+    aees.step_start(0)
+    _backward(model)
+    aees.step_end(torch.tensor(math.nan))  # applied: nothing is read before the episode ends
+    train(aees, model, range(1, 2))
+    aees.step_start(2)
+    _backward(model, 2)
+    with pytest.raises(ValueError, match=r"step\(s\) \[0\] were not finite"):
+        aees.step_end(loss_at(model, 2))
+    assert aees.current_candidate is None
+    assert int(aees.core_state.skipped_steps) == 1
+    assert aees.get_logs()["episode_rewards"] == []  # two of three steps counted so far
+    train(aees, model, range(3, 4))
+    assert len(aees.get_logs()["episode_rewards"]) == 1
 
 
 def test_skip_nonfinite_skips_and_counts_the_step() -> None:

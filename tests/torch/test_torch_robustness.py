@@ -56,18 +56,24 @@ def _all_finite(model: torch.nn.Module) -> bool:
 # ---------------------------------------------------------------- non-finite gradients (item 2)
 
 
-def test_a_non_finite_gradient_with_a_finite_loss_is_not_applied() -> None:
-    model, aees, starts = _linear_run(None, {0}, 1)
+def test_with_skip_nonfinite_a_non_finite_gradient_with_a_finite_loss_is_not_applied() -> None:
+    model, aees, starts = _linear_run(None, {0}, 1, skip_nonfinite=True)
     assert all(torch.equal(a, b) for a, b in zip(starts[0], model.parameters(), strict=True))
     assert int(aees.core_state.skipped_steps) == 1
     assert aees.current_candidate is None
 
 
-def test_a_non_finite_gradient_does_not_step_the_scheduler() -> None:
+def test_by_default_a_non_finite_gradient_is_reported_when_the_episode_ends() -> None:
+    # Step 1's infinite update was applied, so the losses after it are not finite either.
+    with pytest.raises(ValueError, match=r"step\(s\) \[1, 2, 3, 4\] were not finite"):
+        _linear_run(None, {1}, 5)
+
+
+def test_with_skip_nonfinite_a_non_finite_gradient_does_not_step_the_scheduler() -> None:
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    aees = AEES(optimizer, lr_scheduler=scheduler, seed=0)
+    aees = AEES(optimizer, lr_scheduler=scheduler, seed=0, skip_nonfinite=True)
     aees.step_start(0)
     loss = loss_at(model, 0)
     loss.backward()
@@ -228,10 +234,15 @@ def test_the_update_norm_of_float16_parameters_does_not_overflow() -> None:
 def test_under_distributed_the_callers_float64_loss_is_never_written_to(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    class Done:
+        def wait(self) -> None:
+            pass
+
     def all_reduce_of_two_equal_ranks(
-        tensor: torch.Tensor, *args: object, **kwargs: object
-    ) -> None:
+        tensor: torch.Tensor, *args: object, async_op: bool = False, **kwargs: object
+    ) -> Done | None:
         tensor.mul_(2)
+        return Done() if async_op else None
 
     monkeypatch.setattr(aees_module, "_world_size", lambda: 2)
     monkeypatch.setattr(aees_module.dist, "all_reduce", all_reduce_of_two_equal_ranks)
