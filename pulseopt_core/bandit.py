@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from pulseopt_core.config import AEESConfig
-from pulseopt_core.state import ControllerState, UCBStats
+from pulseopt_core.state import ControllerState, UCBStats, count_up
 
 # Counts below this are treated as this value, as in the published algorithm.
 _COUNT_FLOOR = 1e-12
@@ -82,8 +82,8 @@ def ucb_update(config: AEESConfig, stats: UCBStats, arm: jax.Array, reward: jax.
         discounted_counts=stats.discounted_counts * config.discount + hit.astype(dtype),
         discounted_reward_sums=stats.discounted_reward_sums * config.discount
         + jnp.where(hit, reward, 0.0).astype(dtype),
-        warmup_counts=stats.warmup_counts + hit.astype(jnp.int32),
-        total_updates=stats.total_updates + 1,
+        warmup_counts=count_up(stats.warmup_counts, hit.astype(jnp.int32)),
+        total_updates=count_up(stats.total_updates),
     )
 
 

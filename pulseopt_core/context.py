@@ -33,12 +33,18 @@ def loss_trend(config: AEESConfig, end_losses: jax.Array, count: jax.Array) -> j
 def training_phase(config: AEESConfig, step: jax.Array) -> jax.Array:
     """Phase index (0 early, 1 middle, 2 late) of ``step / total_training_steps``.
 
-    Compared in integers (``3 * step < total``), so no float rounding moves a
-    boundary.
+    Compared in integers (``3 * step < total``, as ``step < ceil(total / 3)``
+    with the bounds computed in Python), so no float rounding moves a boundary
+    and no product overflows ``int32``.
     """
     total = config.total_training_steps or 1
-    step3 = 3 * jnp.maximum(step, 0)
-    return jnp.where(step3 < total, 0, jnp.where(step3 < 2 * total, 1, 2)).astype(jnp.int32)
+    step = jnp.maximum(step, 0)
+
+    def below(k: int) -> jax.Array:
+        bound = -(-k * total // 3)  # ceil(k * total / 3): 3 * step < k * total
+        return jnp.ones_like(step, bool) if bound > jnp.iinfo(step.dtype).max else step < bound
+
+    return jnp.where(below(1), 0, jnp.where(below(2), 1, 2)).astype(jnp.int32)
 
 
 def context_bucket(

@@ -22,11 +22,13 @@ import jax.numpy as jnp
 from pulseopt_core import bandit, context, guard, reward
 from pulseopt_core.config import AEESConfig
 from pulseopt_core.state import (
+    COUNTER_MAX,
     AEESState,
     Candidate,
     EpisodeLog,
     GuardDecision,
     OpenEpisode,
+    count_up,
 )
 
 SELECT_STREAM = 0
@@ -269,7 +271,8 @@ def _close_episode(
         log_context_trend=episode.context_trend,
         log_context_phase=episode.context_phase,
     )
-    slot = state.episodes_closed % config.log_capacity
+    # Past the counter's limit the newest slot is rewritten (see `count_up`).
+    slot = jnp.minimum(state.episodes_closed, COUNTER_MAX - 1) % config.log_capacity
     episode_log = jax.tree.map(
         lambda buffer, value: buffer.at[slot].set(value.astype(buffer.dtype)),
         state.episode_log,
@@ -283,8 +286,8 @@ def _close_episode(
         noise_controller=noise_controller,
         trend_end_losses=trend_end_losses,
         trend_count=trend_count,
-        episodes_closed=state.episodes_closed + 1,
-        unscored_episodes=state.unscored_episodes + (~learn).astype(jnp.int32),
+        episodes_closed=count_up(state.episodes_closed),
+        unscored_episodes=count_up(state.unscored_episodes, (~learn).astype(jnp.int32)),
         episode_log=episode_log,
     )
     return _next_episode(config, closed, cut)
@@ -318,7 +321,7 @@ def guard_check(config: AEESConfig, state: AEESState, loss: jax.Array | float) -
 
 def _roll_back(config: AEESConfig, state: AEESState) -> AEESState:
     """Close the open episode as it stands, cut the LR scale and restart the loss EMAs."""
-    moved = state._replace(global_step=state.global_step + 1)
+    moved = state._replace(global_step=count_up(state.global_step))
     moved = jax.lax.cond(
         moved.episode.episode_steps > 0,
         lambda s: _close_episode(config, s, cut=True),
@@ -398,8 +401,8 @@ def record_step(
 
     moved = state._replace(
         episode=pick(counted, episode),
-        global_step=jnp.where(valid, state.global_step + 1, state.global_step),
-        skipped_steps=jnp.where(valid, state.skipped_steps, state.skipped_steps + 1),
+        global_step=jnp.where(valid, count_up(state.global_step), state.global_step),
+        skipped_steps=jnp.where(valid, state.skipped_steps, count_up(state.skipped_steps)),
     )
     if config.guard:
         decision = guard_check(config, state, loss)

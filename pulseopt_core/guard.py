@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from pulseopt_core import bandit
 from pulseopt_core.config import AEESConfig
-from pulseopt_core.state import GuardDecision, GuardState
+from pulseopt_core.state import GuardDecision, GuardState, count_up
 
 
 def initial_guard(config: AEESConfig) -> GuardState:
@@ -130,7 +130,7 @@ def stepped(
         guard_fast_loss=fast,
         guard_slow_loss=slow,
         guard_first_loss=_first_loss(guard, loss),
-        guard_steps=guard.guard_steps + 1,
+        guard_steps=count_up(guard.guard_steps),
         snapshot_loss=jnp.where(taken, slow, guard.snapshot_loss),
         has_snapshot=guard.has_snapshot | taken,
         consecutive_rollbacks=jnp.where(closes, 0, guard.consecutive_rollbacks),
@@ -178,7 +178,7 @@ def _measure_straightness(
         path_since_snapshot=jnp.where(taken, norm, path + norm),
         straightness=jnp.where(measured, straightness, guard.straightness),
         timid_streak=jnp.where(
-            measured, jnp.where(timid, guard.timid_streak + 1, 0), guard.timid_streak
+            measured, jnp.where(timid, count_up(guard.timid_streak), 0), guard.timid_streak
         ),
     )
 
@@ -215,8 +215,8 @@ def after_rollback(guard: GuardState) -> GuardState:
     return guard._replace(
         guard_fast_loss=guard.snapshot_loss,
         guard_slow_loss=guard.snapshot_loss,
-        consecutive_rollbacks=guard.consecutive_rollbacks + 1,
-        total_rollbacks=guard.total_rollbacks + 1,
+        consecutive_rollbacks=count_up(guard.consecutive_rollbacks),
+        total_rollbacks=count_up(guard.total_rollbacks),
         take_snapshot=jnp.zeros((), bool),
         rolled_back=jnp.ones((), bool),
         path_since_snapshot=jnp.zeros_like(guard.path_since_snapshot),
@@ -238,10 +238,10 @@ def observe_eval(config: AEESConfig, guard: GuardState, eval_loss: jax.Array) ->
     best = guard.eval_best_loss
     improved = finite & (eval_loss < best - config.eval_min_delta * jnp.abs(best))
     improved = improved | (finite & ~jnp.isfinite(best))
-    stale = jnp.where(finite, jnp.where(improved, 0, guard.eval_stale + 1), guard.eval_stale)
+    stale = jnp.where(finite, jnp.where(improved, 0, count_up(guard.eval_stale)), guard.eval_stale)
     guard = guard._replace(
         eval_best_loss=jnp.where(improved, eval_loss, best),
-        eval_count=guard.eval_count + finite.astype(jnp.int32),
+        eval_count=count_up(guard.eval_count, finite.astype(jnp.int32)),
         eval_improved=improved,
         eval_stale=stale,
     )
@@ -254,5 +254,5 @@ def observe_eval(config: AEESConfig, guard: GuardState, eval_loss: jax.Array) ->
         lr_ceiling=jnp.where(plateau, jnp.minimum(guard.lr_ceiling, cut_scale), guard.lr_ceiling),
         timid_streak=jnp.where(finite & ~improved, 0, guard.timid_streak),
         eval_stale=jnp.where(plateau, 0, stale),
-        eval_cuts=guard.eval_cuts + plateau.astype(jnp.int32),
+        eval_cuts=count_up(guard.eval_cuts, plateau.astype(jnp.int32)),
     )

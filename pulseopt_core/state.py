@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 
 class UCBStats(NamedTuple):
@@ -249,3 +250,17 @@ class Candidate(NamedTuple):
     noise_std: jax.Array
     lr_index: jax.Array
     noise_index: jax.Array
+
+
+COUNTER_MAX = 2**31 - 1
+
+
+def count_up(counter: jax.Array, by: jax.Array | int = 1) -> jax.Array:
+    """``counter + by`` for a non-negative ``int32`` counter, stopping at `COUNTER_MAX`.
+
+    Counters saturate instead of wrapping to negative values: a run of more
+    than ``2**31 - 1`` steps keeps counting at the limit (the phase context
+    stays "late"; the log ring keeps writing its newest slot).
+    """
+    by = jnp.asarray(by, counter.dtype)
+    return counter + jnp.minimum(by, COUNTER_MAX - counter)

@@ -37,6 +37,19 @@ class AEESOptions(core.AdapterOptions, total=False):
             "with and without JAX's x64 mode.",
         ),
     ]
+    skip_nonfinite_grads: Annotated[
+        bool,
+        core.Knob(
+            True,
+            "check every gradient for NaN/Inf and skip the step inside jit when one is "
+            "found (one extra read of the gradients, which must then be held in full "
+            "before any leaf is updated). False trusts the gradients: no check and no "
+            "conditional, so XLA fuses the step as for the inner optimizer alone; a "
+            "non-finite value is still skipped, but non-finite gradients reach the "
+            "parameters as in plain optax (wrap the optimizer in optax.apply_if_finite "
+            "if they can occur).",
+        ),
+    ]
     noise_generator: Annotated[
         str,
         core.Knob(
@@ -526,6 +539,20 @@ def _empty_snapshot(params: optax.Params, inner: optax.GradientTransformation) -
     )
 
 
+def _check_precision(core_state: core.AEESState) -> None:
+    """Raise when the state's floats are not the core's current float dtype (x64 toggled)."""
+    found = jnp.result_type(core_state.guard.lr_scale)
+    expected = core.float_dtype()
+    if found != expected:
+        made, now = ("on", "off") if found == jnp.float64 else ("off", "on")
+        raise ValueError(
+            f"this aees state holds {found} values: it was created with jax_enable_x64 {made}, "
+            f"and jax_enable_x64 is {now} now. Create the optimizer state under the same "
+            f"setting as the updates (call tx.init again after changing it), or switch the "
+            f"setting back."
+        )
+
+
 def _scalar_loss(value: object) -> jax.Array:
     """``value`` as a scalar array; a one-element array (``jnp.array([loss])``) is fine."""
     if value is None:
@@ -634,7 +661,8 @@ def aees(
     finite gradients into non-finite updates, those pass through as in plain
     optax, and the core, which never records a non-finite norm, counts the
     step as skipped.) With the guard on, a skipped step leaves the snapshot
-    alone too.
+    alone too. ``skip_nonfinite_grads=False`` drops the gradient check (see
+    below): what it costs and what it gives up.
 
     Where `aees` may sit: its updates must reach the parameters unchanged,
     because a rollback is an update that carries the parameters back onto the
@@ -697,6 +725,9 @@ def aees(
     given, adapter = core.split_options("aees", AEESOptions, options)
     seed, preset = adapter["seed"], adapter["preset"]
     track_update_norm, noise_generator = adapter["track_update_norm"], adapter["noise_generator"]
+    check_grads = adapter["skip_nonfinite_grads"]
+    if not isinstance(check_grads, bool):
+        raise ValueError(f"skip_nonfinite_grads must be a bool, got {check_grads!r}.")
     if noise_generator not in NOISE_GENERATORS:
         raise ValueError(
             f"noise_generator must be one of {list(NOISE_GENERATORS)}, got {noise_generator!r}."
@@ -778,6 +809,7 @@ def aees(
                 "this optimizer state was created by an aees transformation with other "
                 f"structural knobs ({state.aees_structure}) than this one ({structure})."
             )
+        _check_precision(state.aees_core_state)
         core_state = state.aees_core_state
         best = state.aees_best
         if eval_value is not None:
@@ -794,7 +826,7 @@ def aees(
         candidate = core.current_candidate(core_state)
         value = _scalar_loss(value)
         value_finite = jnp.isfinite(value)
-        finite = value_finite & all_finite(updates)
+        finite = value_finite & all_finite(updates) if check_grads else value_finite
         # Non-finite gradients under a finite loss: a plain skip, never a spike
         # (a non-finite loss is one, under the guard).
         skipped = value_finite & ~finite
@@ -852,7 +884,19 @@ def aees(
             )
             emitting = stepped | rollback
         else:
-            raw_updates, inner_state = _step_or_skip(finite, step, updates, state.aees_inner_state)
+            if check_grads:
+                raw_updates, inner_state = _step_or_skip(
+                    finite, step, updates, state.aees_inner_state
+                )
+            else:
+                # No conditional: the step always runs and a non-finite value only
+                # selects the old inner state back (elementwise, fused in place).
+                raw_updates, stepped_state = step(updates, state.aees_inner_state)
+                inner_state = jax.tree.map(
+                    lambda new, old: jnp.where(finite, new, old),
+                    stepped_state,
+                    state.aees_inner_state,
+                )
             emitting = finite
             displacement = None
         new_updates = _zero_unless(emitting, raw_updates)
