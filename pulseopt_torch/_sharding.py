@@ -14,24 +14,21 @@ element once.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import torch
-
-try:
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-except ImportError:  # a build of PyTorch without torch.distributed
-    DTensor = None  # type: ignore[assignment,misc]
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
 
-def is_dtensor(tensor: torch.Tensor) -> bool:
+def is_dtensor(tensor: torch.Tensor) -> TypeGuard[DTensor]:
     """Whether ``tensor`` is a `DTensor`."""
-    return DTensor is not None and isinstance(tensor, DTensor)
+    return isinstance(tensor, DTensor)
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of ``tensor`` (``tensor`` itself unless it is a `DTensor`)."""
     if is_dtensor(tensor):
-        shard: torch.Tensor = tensor.to_local()  # type: ignore[union-attr]
-        return shard
+        return tensor.to_local()
     return tensor
 
 
@@ -44,12 +41,12 @@ def counts_in_sums(tensor: torch.Tensor) -> bool:
     """
     if not is_dtensor(tensor):
         return True
-    coordinate = tensor.device_mesh.get_coordinate()  # type: ignore[union-attr]
+    coordinate = tensor.device_mesh.get_coordinate()
     if coordinate is None:
         return False
     return all(
         index == 0 or not isinstance(placement, Replicate)
-        for index, placement in zip(coordinate, tensor.placements, strict=True)  # type: ignore[union-attr]
+        for index, placement in zip(coordinate, tensor.placements, strict=True)
     )
 
 
@@ -58,12 +55,12 @@ def shard_index(tensor: torch.Tensor) -> int:
     among the distinct shards (replicas along `Replicate` dimensions share one)."""
     if not is_dtensor(tensor):
         return 0
-    mesh = tensor.device_mesh  # type: ignore[union-attr]
+    mesh = tensor.device_mesh
     coordinate = mesh.get_coordinate()
     if coordinate is None:
         return 0
     index = 0
-    for dim, placement in enumerate(tensor.placements):  # type: ignore[union-attr]
+    for dim, placement in enumerate(tensor.placements):
         if isinstance(placement, Shard):
             index = index * mesh.size(dim) + coordinate[dim]
     return index

@@ -115,8 +115,8 @@ class UpdateNormTracker:
     def _buffer_squares(self) -> NormSquares:
         assert self._home is not None
         parts: dict[bool, list[torch.Tensor]] = {False: [], True: []}
-        for (_, _, sharded), flat in self._flat_buffers.items():
-            parts[sharded].extend(
+        for (_, _, of_shards), flat in self._flat_buffers.items():
+            parts[of_shards].extend(
                 norm.to(self._home, torch.float64).square() for norm in flat_norms(flat)
             )
         zero = torch.zeros((), dtype=torch.float64, device=self._home)
