@@ -95,8 +95,10 @@ class AEESOptions(core.AdapterOptions, total=False):
         core.Knob(
             False,
             "on a NaN/Inf loss, skip the step (no optimizer or scheduler step, nothing "
-            "recorded, counted in skipped_steps) instead of raising ValueError. A step whose "
-            "gradients are not finite (with a finite loss) is always skipped this way.",
+            "recorded, counted in skipped_steps) instead of raising ValueError; a step whose "
+            "gradients are not finite (with a finite loss) is skipped this way too. Costs one "
+            "host sync per step (the check is read before the optimizer step); without it "
+            "and the guard, non-finite values are found at the episode's end (see step_end).",
         ),
     ]
 
@@ -127,7 +129,8 @@ class AEES:
     one of the optimizer state (plus the update-norm buffer, which growth
     needs: a step's update is the difference from the parameters before that
     step, which no snapshot holds), all allocated by the end of the first
-    step; it costs one host read per step, and at each episode boundary one
+    step; it costs one host read per step (plus one at each episode's last
+    step), and at each episode boundary one
     distance computed in the update-norm buffer (no temporary of the
     parameters' size). The snapshot covers param groups added after
     construction from the next step on (or the next `state_dict`). With

@@ -144,7 +144,13 @@ class AEESOptimizer(torch.optim.Optimizer):
         Raises:
           RuntimeError: if no loss is available (no closure, or one returning
             ``None``, and no `observe` since the last step); nothing changes.
-          ValueError: as `AEES.step_end`, for a non-finite loss.
+          ValueError: as `AEES.step_end`, for a non-finite loss: at once for a
+            Python number, or with the guard or ``skip_nonfinite`` for a tensor;
+            in the default configuration a non-finite tensor loss or gradient
+            is found when the buffered steps are read, by the ``step()`` that
+            ends the episode (after those steps were applied), or the next
+            ``step()`` or `finalize` if something else read them first. Only a
+            GradScaler's overflow check is read every step.
         """
         returned = None
         if closure is not None:
