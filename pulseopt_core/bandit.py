@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from pulseopt_core import hashing
 from pulseopt_core.config import AEESConfig
 from pulseopt_core.state import ControllerState, UCBStats, count_up
 
@@ -34,15 +35,17 @@ def init_ucb(num_arms: int, batch_shape: tuple[int, ...] = ()) -> UCBStats:
     )
 
 
-def break_tie(candidates: jax.Array, key: jax.Array, tie_break: str) -> jax.Array:
+def break_tie(candidates: jax.Array, seed: jax.Array, tie_break: str) -> jax.Array:
     """Index of one ``True`` entry of ``candidates``: the lowest, or uniform at random.
 
-    The random scores are float32 whatever JAX's x64 mode: they come from the
-    same 32 random bits in both modes, so both pick the same arm.
+    ``seed`` is a ``uint32``; each arm's random score is a hash of it and the
+    arm's index (see `pulseopt_core.hashing`), float32 whatever JAX's x64 mode,
+    so both modes pick the same arm.
     """
     if tie_break == "lowest":
         return jnp.argmax(candidates).astype(jnp.int32)
-    scores = jax.random.uniform(key, candidates.shape, jnp.float32)
+    arms = jnp.arange(candidates.shape[-1], dtype=jnp.uint32)
+    scores = hashing.uniform(hashing.mix(seed, arms))
     return jnp.argmax(jnp.where(candidates, scores, -1.0)).astype(jnp.int32)
 
 
@@ -53,13 +56,13 @@ def ucb_scores(stats: UCBStats, exploration_coef: float) -> jax.Array:
     return stats.discounted_reward_sums / counts + exploration_coef * jnp.sqrt(log_term / counts)
 
 
-def ucb_select(config: AEESConfig, stats: UCBStats, key: jax.Array) -> jax.Array:
+def ucb_select(config: AEESConfig, stats: UCBStats, seed: jax.Array) -> jax.Array:
     """Choose an arm: warm-up first (least tried pending arm), then the best UCB score.
 
     Args:
       config: supplies ``warmup_rounds``, ``exploration_coef`` and ``tie_break``.
       stats: one controller's statistics (arm axis only).
-      key: PRNG key used only when ``tie_break="random"``.
+      seed: ``uint32`` random bits, used only when ``tie_break="random"``.
 
     Returns:
       ``i32[]`` the chosen arm.
@@ -71,7 +74,7 @@ def ucb_select(config: AEESConfig, stats: UCBStats, key: jax.Array) -> jax.Array
     scores = ucb_scores(stats, config.exploration_coef)
     score_candidates = jnp.abs(scores - jnp.max(scores)) <= _SCORE_TIE_TOLERANCE
     candidates = jnp.where(jnp.any(pending), warmup_candidates, score_candidates)
-    return break_tie(candidates, key, config.tie_break)
+    return break_tie(candidates, seed, config.tie_break)
 
 
 def ucb_update(config: AEESConfig, stats: UCBStats, arm: jax.Array, reward: jax.Array) -> UCBStats:
@@ -116,13 +119,18 @@ def active_stats(controller: ControllerState, bucket: jax.Array) -> UCBStats:
 
 
 def controller_select(
-    config: AEESConfig, controller: ControllerState, bucket: jax.Array, key: jax.Array
+    config: AEESConfig, controller: ControllerState, bucket: jax.Array, seed: jax.Array
 ) -> jax.Array:
-    """Select an arm with the active bucket's statistics (``control_mode`` aware)."""
+    """Select an arm with the active bucket's statistics (``control_mode`` aware).
+
+    ``seed`` (``uint32`` random bits) draws the arm in random control and
+    breaks ties otherwise.
+    """
     num_arms = controller.prior.discounted_counts.shape[-1]
     if config.control_mode == "random":
-        return jax.random.randint(key, (), 0, num_arms, dtype=jnp.int32)
-    return ucb_select(config, active_stats(controller, bucket), key)
+        drawn = jnp.floor(hashing.uniform(seed) * num_arms).astype(jnp.int32)
+        return jnp.minimum(drawn, num_arms - 1)
+    return ucb_select(config, active_stats(controller, bucket), seed)
 
 
 def controller_update(

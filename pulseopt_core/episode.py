@@ -6,7 +6,8 @@ value, so they jit (config static), vmap over states and run inside
 `jax.lax.scan`.
 
 Randomness: the state's ``rng_key`` never changes. The arms of episode ``e``
-use ``fold_in(fold_in(key, SELECT_STREAM), e)``; the gradient noise of step
+use a counter hash of the key's data, ``SELECT_STREAM`` and ``e`` (see
+`pulseopt_core.hashing`); the gradient noise of step
 ``t`` uses ``fold_in(fold_in(key, NOISE_STREAM), t)``. The same config, key
 and loss sequence therefore give the same decisions in every adapter, on
 every run, and after any checkpoint/resume.
@@ -19,7 +20,7 @@ import secrets
 import jax
 import jax.numpy as jnp
 
-from pulseopt_core import bandit, context, guard, reward
+from pulseopt_core import bandit, context, guard, hashing, reward
 from pulseopt_core.config import AEESConfig
 from pulseopt_core.state import (
     COUNTER_MAX,
@@ -100,23 +101,23 @@ def _noise_controller_of(config: AEESConfig, lr_index: jax.Array) -> jax.Array:
 
 def _open_episode(config: AEESConfig, state: AEESState) -> OpenEpisode:
     """Choose the arms of the next episode (starting at ``state.global_step``)."""
-    select_key = jax.random.fold_in(
-        jax.random.fold_in(state.rng_key, SELECT_STREAM), state.episodes_closed
-    )
-    lr_key, noise_key = jax.random.split(select_key)
+    words = jax.random.key_data(state.rng_key).reshape(-1)
+    episode = (*(words[i] for i in range(words.shape[0])), state.episodes_closed)
+    lr_seed = hashing.mix(*episode, salt=2 * SELECT_STREAM)
+    noise_seed = hashing.mix(*episode, salt=2 * SELECT_STREAM + 1)
     bucket, trend, phase = context.context_bucket(
         config, state.trend_end_losses, state.trend_count, state.global_step
     )
     zero_index = jnp.zeros((), jnp.int32)
     lr_index = (
-        bandit.controller_select(config, state.lr_controller, bucket, lr_key)
+        bandit.controller_select(config, state.lr_controller, bucket, lr_seed)
         if config.num_lr_arms > 1
         else zero_index
     )
     if config.num_noise_arms > 1:
         owner = _noise_controller_of(config, lr_index)
         noise_controller = jax.tree.map(lambda leaf: leaf[owner], state.noise_controller)
-        noise_index = bandit.controller_select(config, noise_controller, bucket, noise_key)
+        noise_index = bandit.controller_select(config, noise_controller, bucket, noise_seed)
     else:
         noise_index = zero_index
     lr_arm, noise_std = _selected_values(config, lr_index, noise_index)

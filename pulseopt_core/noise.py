@@ -39,9 +39,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pulseopt_core.hashing import fmix32
+
 NOISE_GENERATORS = ("counter", "threefry")
 
-_FMIX_MULTIPLIERS = (0x85EBCA6B, 0xC2B2AE35)
 # Spreads consecutive element indices over the whole 32-bit range before hashing.
 _INDEX_MULTIPLIER = 0x9E3779B9
 # log(1 + t) ~= t * P(t) on [0, 1): least squares on Chebyshev nodes, |error| < 3e-7.
@@ -78,15 +79,6 @@ _ERFINV_TAIL = (
     2.83297682,
 )
 _UNIFORM_BITS = 24
-
-
-def _fmix32(x: jax.Array) -> jax.Array:
-    first, second = (jnp.uint32(m) for m in _FMIX_MULTIPLIERS)
-    x = x ^ (x >> 16)
-    x = x * first
-    x = x ^ (x >> 13)
-    x = x * second
-    return x ^ (x >> 16)
 
 
 def _element_index(shape: Sequence[int]) -> jax.Array:
@@ -142,7 +134,7 @@ def normal_from_bits(bits: jax.Array) -> jax.Array:
 def counter_bits(key_words: jax.Array, shape: Sequence[int]) -> jax.Array:
     """``uint32`` bits of every element of a leaf from two key words ``u32[2]``."""
     spread = _element_index(shape) * jnp.uint32(_INDEX_MULTIPLIER) + key_words[1]
-    return _fmix32(spread ^ key_words[0])
+    return fmix32(spread ^ key_words[0])
 
 
 def counter_normal(key: jax.Array, shape: Sequence[int]) -> jax.Array:
