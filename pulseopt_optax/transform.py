@@ -42,12 +42,14 @@ class AEESOptions(core.AdapterOptions, total=False):
         core.Knob(
             True,
             "check every gradient for NaN/Inf and skip the step inside jit when one is "
-            "found (one extra read of the gradients, which must then be held in full "
-            "before any leaf is updated). False trusts the gradients: no check and no "
-            "conditional, so XLA fuses the step as for the inner optimizer alone; a "
-            "non-finite value is still skipped, but non-finite gradients reach the "
-            "parameters as in plain optax (wrap the optimizer in optax.apply_if_finite "
-            "if they can occur).",
+            "found, or when the value is not finite (one extra read of the gradients, "
+            "which must then be held in full before any leaf is updated). False trusts "
+            "the gradients: no check and no conditional, so XLA fuses the step as for the "
+            "inner optimizer alone. Without the guard every step is then taken as in "
+            "plain optax, non-finite gradients included (wrap the optimizer in "
+            "optax.apply_if_finite if they can occur), and a non-finite value is only "
+            "left out of AEES's statistics (counted in skipped_steps); with the guard a "
+            "non-finite value still rolls back.",
         ),
     ]
     noise_generator: Annotated[
@@ -889,14 +891,10 @@ def aees(
                     finite, step, updates, state.aees_inner_state
                 )
             else:
-                # No conditional: the step always runs and a non-finite value only
-                # selects the old inner state back (elementwise, fused in place).
-                raw_updates, stepped_state = step(updates, state.aees_inner_state)
-                inner_state = jax.tree.map(
-                    lambda new, old: jnp.where(finite, new, old),
-                    stepped_state,
-                    state.aees_inner_state,
-                )
+                # Nothing is skipped: the inner step runs as in plain optax (a select
+                # of the old state would make XLA copy or recompute it).
+                raw_updates, inner_state = step(updates, state.aees_inner_state)
+                finite = jnp.ones((), bool)
             emitting = finite
             displacement = None
         new_updates = _zero_unless(emitting, raw_updates)

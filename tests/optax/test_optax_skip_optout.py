@@ -41,9 +41,11 @@ def _run(tx: optax.GradientTransformation, steps: int, nan_value_at: int = -1):
 )
 @pytest.mark.parametrize("preset", [None, "robust"])
 def test_finite_runs_match_the_checked_default(inner, preset) -> None:
+    """With the guard, a NaN value rolls back in both; without, the runs stay finite."""
     knobs = {"lr_candidates": (0.5, 1.0, 2.0), "episode_length": 4, "seed": 0, "preset": preset}
-    checked = _run(aees(inner, **knobs), 20, nan_value_at=9)
-    trusting = _run(aees(inner, skip_nonfinite_grads=False, **knobs), 20, nan_value_at=9)
+    nan_at = 9 if preset else -1
+    checked = _run(aees(inner, **knobs), 20, nan_value_at=nan_at)
+    trusting = _run(aees(inner, skip_nonfinite_grads=False, **knobs), 20, nan_value_at=nan_at)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), checked[0], trusting[0])
     # Fused differently, the arithmetic may round differently: the same decisions.
     logs, other = pulseopt_optax.get_logs(checked[1]), pulseopt_optax.get_logs(trusting[1])
@@ -55,14 +57,16 @@ def test_finite_runs_match_the_checked_default(inner, preset) -> None:
     )
 
 
-def test_a_nan_value_changes_nothing_but_the_skip_counter() -> None:
+def test_a_nan_value_is_only_left_out_of_the_statistics() -> None:
+    """Without the guard the step is taken as plain optax would; AEES records nothing."""
     tx = aees(optax.adam(0.1), skip_nonfinite_grads=False, seed=0)
     state = tx.init(PARAMS)
     grads = jax.grad(_loss)(PARAMS)
     updates, after = jax.jit(tx.update)(grads, state, PARAMS, value=jnp.float32(jnp.nan))
-    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+    plain, _ = optax.adam(0.1).update(grads, optax.adam(0.1).init(PARAMS), PARAMS)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, plain)
     assert int(optax.tree.get(after, "skipped_steps")) == 1
-    jax.tree.map(np.testing.assert_array_equal, after.aees_inner_state, state.aees_inner_state)
+    assert int(optax.tree.get(after, "global_step")) == 0
 
 
 def test_non_finite_gradients_pass_through_as_in_plain_optax() -> None:
