@@ -20,6 +20,31 @@ import torch
 from pulseopt_torch._sharding import local
 
 
+def grouped_gradients(
+    param_groups: Iterable[Mapping[str, Any]],
+) -> dict[tuple[torch.device, torch.dtype], list[torch.Tensor]]:
+    """The gradients' values by (device, dtype), as the AMP kernels take them.
+
+    DTensor gradients give their local shards, sparse ones their values,
+    complex ones their real view; empty ones are left out. Every tensor
+    returned shares its gradient's storage, so in-place kernels act on it.
+    """
+    grouped: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for group in param_groups:
+        for param in group["params"]:
+            grad = param.grad
+            if grad is None:
+                continue
+            grad = local(grad)
+            if grad.is_sparse:
+                grad = grad._values()
+            if grad.is_complex():
+                grad = torch.view_as_real(grad)
+            if grad.numel() > 0:
+                grouped.setdefault((grad.device, grad.dtype), []).append(grad)
+    return grouped
+
+
 class NonFiniteCheck:
     """Sets a device flag when some gradient element is NaN or infinite."""
 
@@ -33,20 +58,7 @@ class NonFiniteCheck:
         Gradients on other devices than ``found`` are checked on their own
         device and their flags added to ``found``.
         """
-        grouped: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-        for group in param_groups:
-            for param in group["params"]:
-                grad = param.grad
-                if grad is None:
-                    continue
-                grad = local(grad)
-                if grad.is_sparse:
-                    grad = grad._values()
-                if grad.is_complex():
-                    grad = torch.view_as_real(grad)
-                if grad.numel() > 0:
-                    grouped.setdefault((grad.device, grad.dtype), []).append(grad)
-        for (device, _), grads in grouped.items():
+        for (device, _), grads in grouped_gradients(param_groups).items():
             target = found if device == found.device else torch.zeros_like(found, device=device)
             torch._amp_foreach_non_finite_check_and_unscale_(grads, target, self._one(device))
             if target is not found:

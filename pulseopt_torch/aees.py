@@ -340,12 +340,7 @@ class AEES:
             self._record(judged_loss, None, skip=True)
             return
 
-        try:
-            update = self._apply_optimizer_step(candidate)
-            if self._lr_scheduler is not None:
-                self._lr_scheduler.step()
-        finally:
-            self._current_candidate = None
+        update = self._step_and_schedule(candidate)
         if update is None and displacement is None:
             self._record(loss_value, None, skip=False)
             return
@@ -380,13 +375,18 @@ class AEES:
         if gradients == "check":
             flag = torch.zeros((), dtype=torch.float32, device=records.device)
             self._nonfinite_check.flag(self._optimizer.param_groups, flag)
+        update = self._step_and_schedule(candidate)
+        self._write_row(_UnreadStep(self._step_number, None, skip=None), loss, flag, update, None)
+
+    def _step_and_schedule(self, candidate: CandidateConfig) -> NormSquares | None:
+        """The optimizer step at the candidate's LR, then the scheduler; closes the step."""
         try:
             update = self._apply_optimizer_step(candidate)
             if self._lr_scheduler is not None:
                 self._lr_scheduler.step()
         finally:
             self._current_candidate = None
-        self._write_row(_UnreadStep(self._step_number, None, skip=None), loss, flag, update, None)
+        return update
 
     def _write_row(
         self,

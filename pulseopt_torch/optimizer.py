@@ -28,6 +28,7 @@ from typing import Any, Unpack
 import torch
 
 import pulseopt_core as core
+from pulseopt_torch._gradients import grouped_gradients
 from pulseopt_torch.aees import AEES, AEESOptions, checked_entries
 
 _STATE_DICT_KEYS = ("optimizer", "aees", "next_step")
@@ -254,14 +255,6 @@ core.document(AEESOptimizer, AEESOptions, keep=("self", "optimizer"))
 def _unscale_gradients(param_groups: list[dict[str, Any]], grad_scale: torch.Tensor) -> None:
     """Divide every gradient by ``grad_scale`` the way `torch.amp.GradScaler.unscale_` does."""
     inverse = grad_scale.double().reciprocal().float()
-    grouped: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for group in param_groups:
-        for param in group["params"]:
-            grad = param.grad
-            if grad is None:
-                continue
-            values = grad._values() if grad.is_sparse else grad
-            grouped.setdefault((values.device, values.dtype), []).append(values)
-    for (device, _), grads in grouped.items():
+    for (device, _), grads in grouped_gradients(param_groups).items():
         ignored = torch.zeros((), dtype=torch.float32, device=device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, ignored, inverse.to(device))
