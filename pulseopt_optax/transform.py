@@ -678,9 +678,10 @@ def aees(
     ``inner`` instead: ``aees(optax.chain(optax.scale_by_adam(),
     optax.scale_by_learning_rate(0.1)))``. With the guard on this is checked
     at the update after each snapshot and after each rollback (one distance
-    per episode): when the parameters did not move by the returned updates
-    (up to rounding), that update raises an error (a ``JaxRuntimeError``
-    naming this rule, raised from inside jit).
+    per episode), on the device: when the parameters did not move by the
+    returned updates (up to rounding), the guard stops rolling back for good,
+    and `get_logs`, `finalize` and any un-jitted ``update`` raise a
+    ``ValueError`` naming this rule.
 
     The reward needs ``e_1 + eps > 0`` and ``e_n + eps > 0``. An episode of
     negative losses (a log-likelihood, a shifted objective) cannot be scored:
