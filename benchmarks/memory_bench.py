@@ -53,6 +53,7 @@ OPTAX_VARIANTS = (
     "aees_noise_arms",
     "aees_robust",
     "aees_trusting",
+    "aees_trusting_no_norm",
 )
 
 TORCH_MODELS = {
@@ -93,6 +94,10 @@ def optax_transformation(variant: str) -> Any:
         return pulseopt_optax.aees(adamw, lr_candidates=lr, seed=0, preset="robust")
     if variant == "aees_trusting":
         return pulseopt_optax.aees(adamw, lr_candidates=lr, seed=0, skip_nonfinite_grads=False)
+    if variant == "aees_trusting_no_norm":
+        return pulseopt_optax.aees(
+            adamw, lr_candidates=lr, seed=0, skip_nonfinite_grads=False, track_update_norm=False
+        )
     raise ValueError(variant)
 
 
@@ -150,7 +155,8 @@ def optax_report(table: dict[str, dict[str, Any]]) -> list[str]:
         "`track_update_norm=False`, with `noise_candidates=(0.0, 0.01)`, with "
         '`preset="robust"` and with `skip_nonfinite_grads=False` (`aees_trusting`: no '
         "in-jit gradient check, so the gradients need not be held in full before the "
-        "first leaf is updated).",
+        "first leaf is updated), alone and with `track_update_norm=False` "
+        "(`aees_trusting_no_norm`).",
         "",
     ]
     for name, row in table.items():
@@ -183,7 +189,13 @@ def optax_report(table: dict[str, dict[str, Any]]) -> list[str]:
     ]
     for name, row in table.items():
         base = row["adamw"]["temporaries"]
-        for variant in ("aees", "aees_no_norm", "aees_noise_arms", "aees_trusting"):
+        for variant in (
+            "aees",
+            "aees_no_norm",
+            "aees_noise_arms",
+            "aees_trusting",
+            "aees_trusting_no_norm",
+        ):
             extra = (row[variant]["temporaries"] - base) / row["params"]
             ok = "yes" if extra <= BAR_OPTAX_TEMP else "NO"
             lines.append(f"| {name} | {variant} | {extra:+.3f} | {BAR_OPTAX_TEMP:.2f} | {ok} |")

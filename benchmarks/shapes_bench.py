@@ -24,6 +24,8 @@ always ``optax.adamw(1e-3)``):
   aees_robust      the same with ``preset="robust"``.
   aees_trusting    ``aees`` with ``skip_nonfinite_grads=False`` (the opt-out of the
                    in-jit gradient check and skip).
+  aees_trusting_no_norm   the same with ``track_update_norm=False`` as well: the
+                   cheapest setting, nothing but the core's bookkeeping.
 
 Compile time is measured once per variant as ``jax.jit(step).lower(...)``
 (trace and lower) plus ``.compile()`` (XLA), after one throwaway compilation
@@ -100,6 +102,13 @@ def variants() -> dict[str, optax.GradientTransformation]:
         ),
         "aees_trusting": pulseopt_optax.aees(
             adamw, lr_candidates=LR_CANDIDATES, seed=0, skip_nonfinite_grads=False
+        ),
+        "aees_trusting_no_norm": pulseopt_optax.aees(
+            adamw,
+            lr_candidates=LR_CANDIDATES,
+            seed=0,
+            skip_nonfinite_grads=False,
+            track_update_norm=False,
         ),
     }
 
@@ -435,6 +444,11 @@ def report(runners: list[Runner], shape_names: list[str], rounds: int, steps: in
                 (
                     "aees_trusting (skip_nonfinite_grads=False) / adamw (step)",
                     _paired(group["aees_trusting"], group["adamw"]),
+                    BAR_TRUSTING,
+                ),
+                (
+                    "aees_trusting_no_norm (and track_update_norm=False) / adamw (step)",
+                    _paired(group["aees_trusting_no_norm"], group["adamw"]),
                     BAR_TRUSTING,
                 ),
                 (
