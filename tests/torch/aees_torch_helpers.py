@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pathlib
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -64,3 +68,24 @@ def checkpointed_training(model: torch.nn.Module) -> tuple[Any, Any]:
         seed=5,
     )
     return aees, scheduler
+
+
+def run_ranks(worker: pathlib.Path, folder: pathlib.Path, world_size: int) -> list[dict[str, Any]]:
+    """Run ``worker`` as ``world_size`` gloo ranks on localhost; returns what each rank saved.
+
+    The worker is called as ``worker RANK WORLD_SIZE PORT OUTPUT`` and saves its
+    results with ``torch.save`` to ``OUTPUT``.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    outputs = [folder / f"rank{rank}.pt" for rank in range(world_size)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(rank), str(world_size), str(port), str(output)],
+            cwd=worker.parent,
+        )
+        for rank, output in enumerate(outputs)
+    ]
+    assert [process.wait(timeout=240) for process in workers] == [0] * world_size
+    return [torch.load(path, weights_only=True) for path in outputs]

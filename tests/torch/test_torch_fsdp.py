@@ -4,61 +4,31 @@ same losses, and a rollback restores every local shard bitwise."""
 from __future__ import annotations
 
 import pathlib
-import socket
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 import torch
-from aees_torch_helpers import tiny_model
+from aees_torch_helpers import run_ranks, tiny_model
 from fsdp_worker import CONFIGURATIONS, EPISODE_LENGTH
 
+import pulseopt_core as core
 from pulseopt_torch import AEES
 
 HERE = pathlib.Path(__file__).parent
 
 WORLD_SIZE = 2
-DECISIONS = (
-    "selected_lr_indices",
-    "selected_noise_indices",
-    "selected_combined_names",
-    "episode_rewards",
-    "episode_start_steps",
-    "episode_end_steps",
-    "episode_start_losses",
-    "episode_end_losses",
+# The decisions and what they were scored on (not the derived log columns).
+DECISIONS = tuple(
+    key
+    for key in core.LOG_KEYS
+    if key.startswith(("selected_", "episode_")) and "ema" not in key and "values" not in key
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Both ranks' results for every configuration (one pair of processes for all)."""
-    folder = tmp_path_factory.mktemp("fsdp")
-    port = _free_port()
-    outputs = [folder / f"rank{rank}.pt" for rank in range(WORLD_SIZE)]
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "fsdp_worker.py"),
-                str(rank),
-                str(WORLD_SIZE),
-                str(port),
-                str(outputs[rank]),
-            ],
-            cwd=HERE,
-        )
-        for rank in range(WORLD_SIZE)
-    ]
-    assert [worker.wait(timeout=240) for worker in workers] == [0] * WORLD_SIZE
-    return [torch.load(path, weights_only=True) for path in outputs]
+    return run_ranks(HERE / "fsdp_worker.py", tmp_path_factory.mktemp("fsdp"), WORLD_SIZE)
 
 
 def _single_process_logs(knobs: dict[str, Any], losses: list[float]) -> dict[str, list[Any]]:
