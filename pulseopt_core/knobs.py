@@ -3,7 +3,7 @@
 `AEESKnobs` is the single declaration. Its annotations give each knob's type;
 the `Knob` in each annotation gives its default, its documentation and whether
 it may arrive as a traced scalar (``dynamic``). From it come `AEESConfig`'s
-fields and docstring, both adapters' keyword arguments (``**knobs:
+fields and docstring, both adapters' keyword arguments (``**options:
 Unpack[...]``, so mypy and IDEs check and complete them by name), their
 generated signatures and docstrings (what ``help()`` shows), and the lists
 `STRUCTURAL_KNOBS` and `DYNAMIC_KNOBS`.
@@ -16,6 +16,7 @@ keyword arguments of a call into knobs and options, with defaults, and
 
 from __future__ import annotations
 
+import functools
 import inspect
 import textwrap
 import typing
@@ -273,8 +274,13 @@ class Declared(NamedTuple):
     knob: Knob
 
 
+@functools.cache
 def declared(declaration: type) -> dict[str, Declared]:
-    """The keyword arguments a `TypedDict` declares, in declaration order (bases first)."""
+    """The keyword arguments a `TypedDict` declares, in declaration order (bases first).
+
+    Cached: adapters read it on every call (``optax.inject_hyperparams`` calls
+    `pulseopt_optax.aees` on every update); do not mutate the result.
+    """
     hints = typing.get_type_hints(declaration, include_extras=True)
     out: dict[str, Declared] = {}
     for name, hint in hints.items():
