@@ -186,6 +186,16 @@ AEESConfig.__doc__ = (AEESConfig.__doc__ or "").replace(
 )
 
 
+def _typed(*annotations: object) -> tuple[str, ...]:
+    """The knobs declared with one of ``annotations``, in declaration order."""
+    return tuple(name for name, declared in KNOBS.items() if declared.annotation in annotations)
+
+
+# Checked alike: every real-valued knob is a non-NaN number, every flag a bool.
+_REAL_KNOBS = _typed(float, float | None)
+_FLAG_KNOBS = _typed(bool, bool | None)
+
+
 def _validated(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` checked knob by knob, numbers normalised (tuples of floats, ints)."""
     fields = {
@@ -211,35 +221,12 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
         "growth_patience": _integer("growth_patience", values["growth_patience"], 1),
         "eval_patience": _integer("eval_patience", values["eval_patience"], 1),
     }
-    for flag in ("guard", "growth", "restore_best"):
+    for flag in _FLAG_KNOBS:
         if not isinstance(values[flag], bool):
             raise ValueError(f"{flag} must be a bool, got {values[flag]!r}.")
     if values["growth"] and not values["guard"]:
         raise ValueError("growth=True needs guard=True (growth measures from its snapshots).")
-    reals = {
-        name: _real(name, values[name])
-        for name in (
-            "context_trend_epsilon",
-            "reward_instability_lambda",
-            "reward_epsilon",
-            "reward_clip_min",
-            "reward_clip_max",
-            "ema_alpha",
-            "exploration_coef",
-            "discount",
-            "min_lr_scale",
-            "max_lr_scale",
-            "guard_spike_ratio",
-            "guard_fast_alpha",
-            "guard_slow_alpha",
-            "guard_backoff",
-            "growth_threshold",
-            "growth_factor",
-            "guard_spike_floor",
-            "growth_fit_fraction",
-            "eval_min_delta",
-        )
-    }
+    reals = {name: _real(name, values[name]) for name in _REAL_KNOBS}
     if reals["context_trend_epsilon"] < 0.0:
         raise ValueError("context_trend_epsilon must be non-negative.")
     if reals["reward_epsilon"] <= 0.0:
