@@ -891,12 +891,12 @@ def aees(
                 raw_updates, inner_state = _step_or_skip(
                     finite, step, updates, state.aees_inner_state
                 )
+                emitting = finite
             else:
                 # Nothing is skipped: the inner step runs as in plain optax (a select
                 # of the old state would make XLA copy or recompute it).
                 raw_updates, inner_state = step(updates, state.aees_inner_state)
-                finite = jnp.ones((), bool)
-            emitting = finite
+                emitting = jnp.ones((), bool)
             displacement = None
         new_updates = _zero_unless(emitting, raw_updates)
 

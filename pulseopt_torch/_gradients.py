@@ -52,17 +52,19 @@ class NonFiniteCheck:
         self._ones: dict[torch.device, torch.Tensor] = {}
 
     @torch.no_grad()
-    def flag(self, param_groups: Iterable[Mapping[str, Any]], found: torch.Tensor) -> None:
-        """Set ``found`` (a float32 scalar tensor, 0 on entry) to 1 if a gradient is not finite.
+    def flag(self, param_groups: Iterable[Mapping[str, Any]], device: torch.device) -> torch.Tensor:
+        """A float32 scalar on ``device``: nonzero if some gradient is not finite.
 
-        Gradients on other devices than ``found`` are checked on their own
-        device and their flags added to ``found``.
+        Gradients on other devices are checked on their own device and their
+        flags added to it.
         """
+        found = torch.zeros((), dtype=torch.float32, device=device)
         for (device, _), grads in grouped_gradients(param_groups).items():
             target = found if device == found.device else torch.zeros_like(found, device=device)
             torch._amp_foreach_non_finite_check_and_unscale_(grads, target, self._one(device))
             if target is not found:
                 found.add_(target.to(found.device))
+        return found
 
     def _one(self, device: torch.device) -> torch.Tensor:
         one = self._ones.get(device)

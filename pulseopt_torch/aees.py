@@ -373,8 +373,7 @@ class AEES:
             return
         flag = None
         if gradients == "check":
-            flag = torch.zeros((), dtype=torch.float32, device=records.device)
-            self._nonfinite_check.flag(self._optimizer.param_groups, flag)
+            flag = self._nonfinite_check.flag(self._optimizer.param_groups, records.device)
         update = self._step_and_schedule(candidate)
         self._write_row(_UnreadStep(self._step_number, None, skip=None), loss, flag, update, None)
 
@@ -679,8 +678,7 @@ class AEES:
         if loss_on_device:
             urgent.append(torch.as_tensor(loss, dtype=torch.float64, device=records.device))
         if check:
-            flag = torch.zeros((), dtype=torch.float32, device=records.device)
-            self._nonfinite_check.flag(self._optimizer.param_groups, flag)
+            flag = self._nonfinite_check.flag(self._optimizer.param_groups, records.device)
             urgent.append(flag)
         if not urgent and not self._unread:
             return float(loss), True
