@@ -16,6 +16,7 @@ every run, and after any checkpoint/resume.
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -212,10 +213,20 @@ def _next_episode(config: AEESConfig, state: AEESState, cut: jax.Array | bool) -
 
 
 def _close_episode(
-    config: AEESConfig, state: AEESState, cut: jax.Array | bool = False
+    config: AEESConfig,
+    state: AEESState,
+    cut: jax.Array | bool = False,
+    scored: jax.Array | bool = True,
 ) -> AEESState:
-    """Score the open episode, update its controllers, log it, open the next one."""
+    """Score the open episode, update its controllers, log it, open the next one.
+
+    ``cut``: the episode ended in a rollback (the LR scale is cut). With
+    ``scored`` false nothing is scored, learned or logged and only the next
+    episode opens (a rollback before the episode's first step): one body for
+    both, so the program holds one copy of it.
+    """
     episode = state.episode
+    scored = jnp.asarray(scored, bool)
     score = reward.reward_from_statistics(
         config,
         episode.first_loss,
@@ -224,7 +235,7 @@ def _close_episode(
         episode.loss_m2,
         episode.episode_steps,
     )
-    learn = score.scorable
+    learn = score.scorable & scored
     bucket = episode.context_bucket
 
     def learned(new, old):
@@ -275,7 +286,9 @@ def _close_episode(
     # Past the counter's limit the newest slot is rewritten (see `count_up`).
     slot = jnp.minimum(state.episodes_closed, COUNTER_MAX - 1) % config.log_capacity
     episode_log = jax.tree.map(
-        lambda buffer, value: buffer.at[slot].set(value.astype(buffer.dtype)),
+        lambda buffer, value: buffer.at[slot].set(
+            jnp.where(scored, value.astype(buffer.dtype), buffer[slot])
+        ),
         state.episode_log,
         entry,
     )
@@ -285,10 +298,12 @@ def _close_episode(
     closed = state._replace(
         lr_controller=lr_controller,
         noise_controller=noise_controller,
-        trend_end_losses=trend_end_losses,
-        trend_count=trend_count,
-        episodes_closed=count_up(state.episodes_closed),
-        unscored_episodes=count_up(state.unscored_episodes, (~learn).astype(jnp.int32)),
+        trend_end_losses=jnp.where(scored, trend_end_losses, state.trend_end_losses),
+        trend_count=jnp.where(scored, trend_count, state.trend_count),
+        episodes_closed=count_up(state.episodes_closed, scored.astype(jnp.int32)),
+        unscored_episodes=count_up(
+            state.unscored_episodes, (scored & ~score.scorable).astype(jnp.int32)
+        ),
         episode_log=episode_log,
     )
     return _next_episode(config, closed, cut)
@@ -320,16 +335,9 @@ def guard_check(config: AEESConfig, state: AEESState, loss: jax.Array | float) -
     return guard.check(config, state.guard, loss, closes)
 
 
-def _roll_back(config: AEESConfig, state: AEESState) -> AEESState:
-    """Close the open episode as it stands, cut the LR scale and restart the loss EMAs."""
-    moved = state._replace(global_step=count_up(state.global_step))
-    moved = jax.lax.cond(
-        moved.episode.episode_steps > 0,
-        lambda s: _close_episode(config, s, cut=True),
-        lambda s: _next_episode(config, s, cut=True),
-        moved,
-    )
-    return moved._replace(guard=guard.after_rollback(moved.guard))
+def _select(pick_new: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``pick_new``, else ``old``, leaf by leaf (a leaf both share is kept as is)."""
+    return jax.tree.map(lambda a, b: a if a is b else jnp.where(pick_new, a, b), new, old)
 
 
 @jax.jit(static_argnums=0)
@@ -415,13 +423,25 @@ def record_step(
                 take_snapshot=valid & decision.take_snapshot, rolled_back=quiet
             )
         )
-    recorded = jax.lax.cond(closes, lambda s: _close_episode(config, s), lambda s: s, moved)
     if not config.guard:
-        return recorded
+        return jax.lax.cond(closes, lambda s: _close_episode(config, s), lambda s: s, moved)
     # A step the adapter skipped on its own account (for example a GradScaler
     # overflow) is never a spike, whatever loss came with it.
     rollback = decision.rollback & ~jnp.asarray(skip, bool)
-    return jax.lax.cond(rollback, lambda s: _roll_back(config, s), lambda s: recorded, state)
+    # A rollback leaves this step unrecorded (the state before it, one step
+    # on), closes the open episode as it stands (when it has steps), cuts the
+    # LR scale and restarts the loss EMAs. It shares the episode's closing
+    # body with a full episode, so the program compiles that body once.
+    rolled = state._replace(global_step=count_up(state.global_step))
+    base = _select(rollback, rolled, moved)
+    scored = ~rollback | (state.episode.episode_steps > 0)
+    ended = jax.lax.cond(
+        closes | rollback,
+        lambda s: _close_episode(config, s, cut=rollback, scored=scored),
+        lambda s: s,
+        base,
+    )
+    return ended._replace(guard=_select(rollback, guard.after_rollback(ended.guard), ended.guard))
 
 
 @jax.jit(static_argnums=0)
