@@ -20,11 +20,18 @@ from pathlib import Path
 from quality import suite
 
 BENCHMARKS = Path(__file__).resolve().parent
-OVERHEAD_SCRIPTS = ("optax_bench.py", "torch_bench.py", "shapes_bench.py", "memory_bench.py")
+OVERHEAD_SCRIPTS = (
+    "optax_bench.py",
+    "torch_bench.py",
+    "shapes_bench.py",
+    "compile_cache_bench.py",
+    "memory_bench.py",
+)
 SECTIONS = (
     "results_optax.md",
     "results_torch.md",
     "results_shapes.md",
+    "results_compile_cache.md",
     "results_memory.md",
     "results_quality.md",
 )
