@@ -29,6 +29,32 @@ _GROUP_SEED_STRIDE = 1009
 _SHARD_SEED_STRIDE = 1_000_003
 
 
+# From this many elements on, the CPU sampler fills a float32/float64 tensor 16
+# values at a time and `normal_(0, std)` rounds each value exactly like `randn`
+# followed by `mul_(std)` (tests/torch check it); other tensors take the second
+# pass, so the draws never depend on which path ran.
+_FUSED_MIN_ELEMENTS = 16
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def scaled_normal(like: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """``randn_like(like) * std`` from ``generator``, rounded as those two steps round.
+
+    On the CPU, for float32 and float64 tensors of at least
+    `_FUSED_MIN_ELEMENTS` elements, the draw and the scaling are one pass
+    (`Tensor.normal_`), which gives the same bits and saves a pass over the
+    tensor.
+    """
+    options = {"device": like.device, "dtype": like.dtype}
+    if (
+        like.device.type == "cpu"
+        and like.dtype in _FUSED_DTYPES
+        and like.numel() >= _FUSED_MIN_ELEMENTS
+    ):
+        return torch.empty(like.shape, **options).normal_(0.0, std, generator=generator)
+    return torch.randn(like.shape, generator=generator, **options).mul_(std)
+
+
 class GradientNoise:
     """Adds ``std * N(0, 1)`` to every existing gradient, reproducibly."""
 
@@ -47,11 +73,7 @@ class GradientNoise:
                 generator = self._generator(
                     group_index, param_index, grad.device, shard_index(param.grad)
                 )
-                noise = torch.randn(
-                    grad.shape, generator=generator, device=grad.device, dtype=grad.dtype
-                )
-                # Scaling first and adding second rounds exactly like `grad + noise * std`.
-                grad.add_(noise.mul_(std))
+                grad.add_(scaled_normal(grad, std, generator))
 
     def _generator(
         self, group_index: int, param_index: int, device: torch.device, shard: int
