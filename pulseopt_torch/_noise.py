@@ -45,14 +45,15 @@ def scaled_normal(like: torch.Tensor, std: float, generator: torch.Generator) ->
     (`Tensor.normal_`), which gives the same bits and saves a pass over the
     tensor.
     """
-    options = {"device": like.device, "dtype": like.dtype}
     if (
         like.device.type == "cpu"
         and like.dtype in _FUSED_DTYPES
         and like.numel() >= _FUSED_MIN_ELEMENTS
     ):
-        return torch.empty(like.shape, **options).normal_(0.0, std, generator=generator)
-    return torch.randn(like.shape, generator=generator, **options).mul_(std)
+        empty = torch.empty(like.shape, device=like.device, dtype=like.dtype)
+        return empty.normal_(0.0, std, generator=generator)
+    draws = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return draws.mul_(std)
 
 
 class GradientNoise:
