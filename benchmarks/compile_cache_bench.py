@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _sections import publish
+
 RESULTS = Path(__file__).with_name("results_compile_cache.md")
 SHAPES = ("mlp", "deep_mlp", "transformer")
 VARIANTS = ("adamw", "aees", "aees_robust")
@@ -126,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     section = report(measure(args.shapes, args.rounds), args.shapes, args.rounds)
-    print(section)
-    if args.write:
-        RESULTS.write_text(section)
-    return 0
+    return publish(section, RESULTS, args.write)
 
 
 if __name__ == "__main__":

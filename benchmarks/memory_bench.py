@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from _sections import publish
+
 RESULTS = Path(__file__).with_name("results_memory.md")
 MIB = 2**20
 
@@ -496,10 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_torch:
         lines += ["", *torch_report(torch_memory())]
     section = "\n".join(lines) + "\n"
-    print(section)
-    if args.write:
-        RESULTS.write_text(section)
-    return 0
+    return publish(section, RESULTS, args.write)
 
 
 if __name__ == "__main__":

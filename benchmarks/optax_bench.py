@@ -49,6 +49,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from _sections import publish
 from flax import nnx
 
 import pulseopt_optax
@@ -231,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     median = measure(args.rounds, args.steps)
     section = report(median, args.rounds, args.steps)
-    print(section)
-    if args.write:
-        RESULTS.write_text(section)
-    return 0
+    return publish(section, RESULTS, args.write)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from _sections import publish
 from flax import nnx
 from optax_bench import MLP  # the model of optax_bench.py
 
@@ -488,10 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runners = measure(args.shapes, args.rounds, args.steps)
     section = report(runners, args.shapes, args.rounds, args.steps)
-    print(section)
-    if args.write:
-        RESULTS.write_text(section)
-    return 0
+    return publish(section, RESULTS, args.write)
 
 
 if __name__ == "__main__":
