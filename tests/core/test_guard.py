@@ -84,6 +84,21 @@ def test_a_rollback_closes_the_open_episode_without_the_spiking_loss() -> None:
     assert int(state.episode.start_step) == 8
 
 
+def test_a_rollback_before_an_episodes_first_step_only_opens_the_next_episode() -> None:
+    config = CONFIG.replace(guard_max_consecutive=100)
+    state, decisions = _run(config, [1.0] * 6 + [50.0, 50.0])
+    assert [rollback for rollback, _ in decisions[6:]] == [True, True]
+    logs = core.episode_logs(config, state)
+    # The first rollback closes the episode holding step 5; the second finds an
+    # empty episode: nothing is scored, learned or logged, the scale is cut again.
+    assert logs["episode_end_steps"] == [4, 5]
+    assert int(state.episodes_closed) == 2
+    assert int(state.unscored_episodes) == 0
+    assert int(state.episode.start_step) == 8
+    assert float(state.guard.lr_scale) == 0.25
+    assert int(state.guard.total_rollbacks) == 2
+
+
 def test_the_loss_averages_restart_at_the_snapshot_level() -> None:
     state, _ = _run(CONFIG, [2.0] * 7 + [30.0])
     assert float(state.guard.guard_fast_loss) == pytest.approx(2.0)
