@@ -77,6 +77,11 @@ def _empty_log(config: AEESConfig) -> EpisodeLog:
     return EpisodeLog(**ints, **floats)
 
 
+def _select(pick_new: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``pick_new``, else ``old``, leaf by leaf (a leaf both share is kept as is)."""
+    return jax.tree.map(lambda a, b: a if a is b else jnp.where(pick_new, a, b), new, old)
+
+
 def _selected_values(
     config: AEESConfig, lr_index: jax.Array, noise_index: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -238,21 +243,18 @@ def _close_episode(
     learn = score.scorable & scored
     bucket = episode.context_bucket
 
-    def learned(new, old):
-        return jax.tree.map(lambda a, b: jnp.where(learn, a, b), new, old)
-
     lr_controller = state.lr_controller
     if config.num_lr_arms > 1:
         updated = bandit.controller_update(
             config, lr_controller, bucket, episode.lr_index, score.reward
         )
-        lr_controller = learned(updated, lr_controller)
+        lr_controller = _select(learn, updated, lr_controller)
     noise_controller = state.noise_controller
     if config.num_noise_arms > 1:
         owner = _noise_controller_of(config, episode.lr_index)
         mine = jax.tree.map(lambda leaf: leaf[owner], noise_controller)
         updated = bandit.controller_update(config, mine, bucket, episode.noise_index, score.reward)
-        updated = learned(updated, mine)
+        updated = _select(learn, updated, mine)
         noise_controller = jax.tree.map(
             lambda all_, one: all_.at[owner].set(one), noise_controller, updated
         )
@@ -335,11 +337,6 @@ def guard_check(config: AEESConfig, state: AEESState, loss: jax.Array | float) -
     return guard.check(config, state.guard, loss, closes)
 
 
-def _select(pick_new: jax.Array, new: Any, old: Any) -> Any:
-    """``new`` where ``pick_new``, else ``old``, leaf by leaf (a leaf both share is kept as is)."""
-    return jax.tree.map(lambda a, b: a if a is b else jnp.where(pick_new, a, b), new, old)
-
-
 @jax.jit(static_argnums=0)
 def record_step(
     config: AEESConfig,
@@ -405,11 +402,8 @@ def record_step(
     closes = valid & (steps >= config.episode_length)
     quiet = jnp.zeros((), bool)
 
-    def pick(new, old):
-        return jax.tree.map(lambda a, b: jnp.where(valid, a, b), new, old)
-
     moved = state._replace(
-        episode=pick(counted, episode),
+        episode=_select(valid, counted, episode),
         global_step=jnp.where(valid, count_up(state.global_step), state.global_step),
         skipped_steps=jnp.where(valid, state.skipped_steps, count_up(state.skipped_steps)),
     )
@@ -419,7 +413,7 @@ def record_step(
             config, state.guard, safe_loss, safe_norm, decision, closes, displacement_norm
         )
         moved = moved._replace(
-            guard=pick(stepped, state.guard)._replace(
+            guard=_select(valid, stepped, state.guard)._replace(
                 take_snapshot=valid & decision.take_snapshot, rolled_back=quiet
             )
         )
@@ -465,9 +459,7 @@ def restart_episode_at(
     """
     moved = state._replace(global_step=jnp.asarray(global_step, jnp.int32))
     fresh = moved._replace(episode=_open_episode(config, moved))
-    return jax.tree.map(
-        lambda a, b: jnp.where(state.episode.episode_steps == 0, a, b), fresh, moved
-    )
+    return _select(state.episode.episode_steps == 0, fresh, moved)
 
 
 @jax.jit(static_argnums=0)
