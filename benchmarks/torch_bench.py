@@ -18,6 +18,9 @@ buffered steps first reach the core).
 
     .venv/bin/python benchmarks/torch_bench.py [--rounds 7] [--blocks 30] [--block 10] [--write]
 
+Host reads per step (``--sync-worker``, one process): how many times each
+variant's training steps make the host wait for the device.
+
 ``--write`` writes the tables to ``benchmarks/results_torch.md``.
 """
 
@@ -168,6 +171,71 @@ def _startup_worker(name: str) -> None:
     print(json.dumps({"import_s": import_seconds, "slowest_step_s": slowest_step_seconds}))
 
 
+# Host-read counts: the variants whose training steps read nothing else
+# (the eval-fed one's `observe_eval` is a read the user asks for), measured
+# past the first episode, over this many steps (several episodes of 100).
+# The plain loop's own reads (CPU AdamW reads its step counts) are subtracted.
+SYNC_VARIANTS = (
+    "plain",
+    "ours_norm",
+    "ours_no_norm",
+    "ours_robust",
+    "ours_optimizer_norm",
+    "ours_optimizer_no_norm",
+    "ours_default_noise",
+)
+SYNC_WARMUP, SYNC_STEPS, EPISODE_LENGTH = 100, 300, 100
+
+
+def _sync_worker() -> None:
+    """Per step, the host reads of each variant: ``.item()``-like reads and buffer reads.
+
+    ``aten._local_scalar_dense`` (what ``.item()`` and ``float()`` dispatch to)
+    is counted with a `TorchDispatchMode`; the wrapper's reads of its device
+    buffer (`StepRecords.read`, one transfer each, which on a CPU dispatch
+    nothing) are counted at their call.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pulseopt_torch._step_records import StepRecords
+
+    torch.set_num_threads(1)
+    buffer_reads = [0]
+    original = StepRecords.read
+
+    def counted(self: StepRecords, *args: Any, **kwargs: Any) -> Any:
+        buffer_reads[0] += 1
+        return original(self, *args, **kwargs)
+
+    StepRecords.read = counted  # type: ignore[method-assign]
+
+    class ScalarReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            if func is torch.ops.aten._local_scalar_dense.default:
+                ScalarReads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    report = {}
+    for name in SYNC_VARIANTS:
+        step = _make_step(name)
+        for _ in range(SYNC_WARMUP):
+            step()
+        inside, last = [], []
+        for number in range(SYNC_WARMUP, SYNC_WARMUP + SYNC_STEPS):
+            before_buffer, before_scalar = buffer_reads[0], ScalarReads.count
+            with ScalarReads():
+                step()
+            reads = buffer_reads[0] - before_buffer + ScalarReads.count - before_scalar
+            (last if (number + 1) % EPISODE_LENGTH == 0 else inside).append(reads)
+        report[name] = {"inside": inside, "last": last}
+    print(json.dumps(report))
+
+
 def _run_worker(*arguments: str) -> Any:
     command = [sys.executable, __file__, *arguments]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -182,6 +250,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--timing-worker", type=int, metavar="SEED")
     parser.add_argument("--startup-worker", choices=sorted(VARIANTS))
+    parser.add_argument("--sync-worker", action="store_true")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results_torch.md")
     args = parser.parse_args()
     if args.timing_worker is not None:
@@ -189,6 +258,9 @@ def main() -> None:
         return
     if args.startup_worker:
         _startup_worker(args.startup_worker)
+        return
+    if args.sync_worker:
+        _sync_worker()
         return
 
     cycles: list[dict[str, float]] = []
@@ -265,6 +337,31 @@ def main() -> None:
         measured = ratio(numerator, denominator)
         lines.append(
             f"| {check} | {measured:.3f} | {limit:.2f} | {'yes' if measured <= limit else 'NO'} |"
+        )
+    syncs = _run_worker("--sync-worker")
+    lines += [
+        "",
+        f"Host reads per training step (`python benchmarks/torch_bench.py --sync-worker`, "
+        f"one process): after a first episode, {SYNC_STEPS} steps with episodes of "
+        f"{EPISODE_LENGTH} steps, counting `aten._local_scalar_dense` calls (what `.item()` "
+        "and `float()` dispatch to, seen by a `TorchDispatchMode`) plus the wrapper's reads "
+        "of its device buffer (one transfer each), less the plain loop's own reads at the "
+        f"same step ({max(syncs['plain']['inside'])} per step: CPU AdamW reads its step "
+        "counts). Bars: none inside an episode by default, at most one per step with the "
+        "guard.",
+        "",
+        "| variant | inside an episode: max (mean) | episode's last step: max | ok |",
+        "|---|---:|---:|---|",
+    ]
+    own = syncs.pop("plain")
+    for name, counts in syncs.items():
+        inside = [a - b for a, b in zip(counts["inside"], own["inside"], strict=True)]
+        last = [a - b for a, b in zip(counts["last"], own["last"], strict=True)]
+        guarded = VARIANTS[name][1].get("preset") == "robust"
+        ok = max(inside + last) <= 1 if guarded else max(inside) == 0 and max(last) <= 1
+        lines.append(
+            f"| {name} | {max(inside)} ({statistics.mean(inside):.2f}) | {max(last)} | "
+            f"{'yes' if ok else 'NO'} |"
         )
     section = "\n".join(lines) + "\n"
     print(section)

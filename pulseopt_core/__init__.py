@@ -19,6 +19,7 @@ from pulseopt_core.config import (
     TRENDS,
     AEESConfig,
     apply_preset,
+    preset_knobs,
     require_update_norms,
 )
 from pulseopt_core.context import context_bucket, loss_trend, training_phase
@@ -31,6 +32,7 @@ from pulseopt_core.episode import (
     noise_key,
     record_eval,
     record_step,
+    record_update_norm,
     restart_episode_at,
 )
 from pulseopt_core.knobs import (
@@ -98,8 +100,10 @@ __all__ = [
     "loss_trend",
     "make_key",
     "noise_key",
+    "preset_knobs",
     "record_eval",
     "record_step",
+    "record_update_norm",
     "require_update_norms",
     "restart_episode_at",
     "reward_from_statistics",

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import numbers
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Unpack
 
 from pulseopt_core.knobs import KNOBS, AEESKnobs, options_doc
@@ -323,12 +323,31 @@ def apply_preset(
     """
     if preset is None:
         return config
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be None or one of {sorted(PRESETS)}, got {preset!r}.")
     if explicit is None:
         defaults = AEESConfig()
         explicit = {
-            name for name in PRESETS[preset] if getattr(config, name) != getattr(defaults, name)
+            name for name in _preset(preset) if getattr(config, name) != getattr(defaults, name)
         }
-    changes = {name: value for name, value in PRESETS[preset].items() if name not in explicit}
+    changes = {name: value for name, value in _preset(preset).items() if name not in explicit}
     return config.replace(**changes)
+
+
+def preset_knobs(preset: str | None, knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """``knobs`` with a preset's knobs added where the caller did not give them.
+
+    Build the configuration from the result (``AEESConfig(**preset_knobs(...))``)
+    so it is checked once, as a whole: ``preset="robust", growth=True`` is
+    valid although ``growth=True`` alone (without the preset's guard) is not.
+
+    Raises:
+      ValueError: if ``preset`` is not ``None`` or a name in `PRESETS`.
+    """
+    if preset is None:
+        return dict(knobs)
+    return {**_preset(preset), **knobs}
+
+
+def _preset(name: str) -> dict[str, object]:
+    if name not in PRESETS:
+        raise ValueError(f"preset must be None or one of {sorted(PRESETS)}, got {name!r}.")
+    return PRESETS[name]

@@ -354,7 +354,10 @@ def record_step(
       state: the current state.
       loss: the loss at the parameters before this step's update.
       update_norm: the L2 norm of this step's parameter update, or ``None`` if
-        not tracked (then ``mean_update_norms`` logs ``None``).
+        not tracked (then ``mean_update_norms`` logs ``None``). With
+        ``config.guard`` the update is applied after the snapshot a closing
+        step takes, so its norm joins the episode (and the growth segment)
+        this step leaves open, as `record_update_norm` would fold it in.
       skip: when true the step is not recorded and never rolls back (a step
         whose gradients are non-finite should instead be reported to the guard
         with a non-finite loss, which counts as a spike).
@@ -366,15 +369,21 @@ def record_step(
       The new state. A skipped step, or one whose loss or update norm is not
       finite, leaves everything unchanged except ``skipped_steps`` (+1): a NaN
       never reaches the episode statistics or the controllers. With
-      ``config.guard`` a step that `guard_check` rolls back instead closes the
+      ``config.guard`` only the loss decides that (a non-finite update norm is
+      left out of the norm statistics; the next loss is then not finite, a
+      spike), and a step that `guard_check` rolls back instead closes the
       open episode without this loss, cuts the LR scale and opens a new one.
     """
     dtype = bandit.float_dtype()
     loss = jnp.asarray(loss).astype(dtype)
     norm = jnp.zeros((), dtype) if update_norm is None else jnp.asarray(update_norm).astype(dtype)
-    valid = jnp.isfinite(loss) & jnp.isfinite(norm) & ~jnp.asarray(skip, bool)
+    valid = jnp.isfinite(loss) & ~jnp.asarray(skip, bool)
+    if not config.guard:
+        valid = valid & jnp.isfinite(norm)
     safe_loss = jnp.where(valid, loss, 0.0)
-    safe_norm = jnp.where(valid, norm, 0.0)
+    # With the guard the norm is folded in after the step (see `record_update_norm`).
+    with_norm = update_norm is not None and not config.guard
+    safe_norm = jnp.where(valid & with_norm, norm, 0.0)
 
     episode = state.episode
     steps, first, ema, mean, m2 = reward.accumulate_loss(
@@ -394,7 +403,7 @@ def record_step(
         loss_mean=mean,
         loss_m2=m2,
         update_norm_sum=episode.update_norm_sum + safe_norm,
-        update_norm_count=episode.update_norm_count + int(update_norm is not None),
+        update_norm_count=episode.update_norm_count + int(with_norm),
     )
     # Only the leaves a step touches are selected here; the controllers and
     # the log change only when an episode closes or a rollback fires, each
@@ -409,9 +418,7 @@ def record_step(
     )
     if config.guard:
         decision = guard_check(config, state, loss)
-        stepped = guard.stepped(
-            config, state.guard, safe_loss, safe_norm, decision, closes, displacement_norm
-        )
+        stepped = guard.stepped(config, state.guard, safe_loss, decision, closes, displacement_norm)
         moved = moved._replace(
             guard=_select(valid, stepped, state.guard)._replace(
                 take_snapshot=valid & decision.take_snapshot, rolled_back=quiet
@@ -435,7 +442,54 @@ def record_step(
         lambda s: s,
         base,
     )
-    return ended._replace(guard=_select(rollback, guard.after_rollback(ended.guard), ended.guard))
+    ended = ended._replace(guard=_select(rollback, guard.after_rollback(ended.guard), ended.guard))
+    if update_norm is None:
+        return ended
+    return _fold_update_norm(config, ended, norm, valid & ~rollback)
+
+
+def _fold_update_norm(
+    config: AEESConfig, state: AEESState, norm: jax.Array, applies: jax.Array
+) -> AEESState:
+    """Add an applied update's norm to the open episode's statistics and the growth path."""
+    add = applies & jnp.isfinite(norm)
+    amount = jnp.where(add, norm, 0.0)
+    episode = state.episode._replace(
+        update_norm_sum=state.episode.update_norm_sum + amount,
+        update_norm_count=state.episode.update_norm_count + add.astype(jnp.int32),
+    )
+    state = state._replace(episode=episode)
+    if not config.growth:
+        return state
+    path = state.guard.path_since_snapshot + amount
+    return state._replace(guard=state.guard._replace(path_since_snapshot=path))
+
+
+@jax.jit(static_argnums=0)
+def record_update_norm(
+    config: AEESConfig, state: AEESState, update_norm: jax.Array | float
+) -> AEESState:
+    """With ``config.guard``: fold in the norm of the update the last recorded step applied.
+
+    For adapters that know a step's loss before its update is applied, and
+    the update's norm only later: they record the step with
+    ``record_step(..., update_norm=None)`` as soon as the loss is known (so
+    an episode closes, and its successor's arms are chosen, without waiting
+    for the update), then hand the norm here before recording the next step.
+    The result equals recording the step with its norm. A non-finite norm is
+    left out.
+
+    Raises:
+      ValueError: without ``config.guard``, where a step's norm belongs to the
+        episode the step ends and must come with it.
+    """
+    if not config.guard:
+        raise ValueError(
+            "record_update_norm needs config.guard; without the guard pass the update "
+            "norm to record_step with its step."
+        )
+    norm = jnp.asarray(update_norm).astype(bandit.float_dtype()).reshape(())
+    return _fold_update_norm(config, state, norm, jnp.ones((), bool))
 
 
 @jax.jit(static_argnums=0)

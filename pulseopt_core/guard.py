@@ -116,16 +116,15 @@ def stepped(
     config: AEESConfig,
     guard: GuardState,
     loss: jax.Array,
-    norm: jax.Array,
     decision: GuardDecision,
     closes: jax.Array,
     displacement_norm: jax.Array | float | None,
 ) -> GuardState:
-    """The guard after a recorded (finite, not rolled back) step."""
+    """The guard after a recorded (finite, not rolled back) step, before its update's norm."""
     fast, slow = averages(config, guard, loss)
     taken = decision.take_snapshot
     if config.growth:
-        guard = _measure_straightness(config, guard, taken, norm, fast, displacement_norm)
+        guard = _measure_straightness(config, guard, taken, fast, displacement_norm)
     return guard._replace(
         guard_fast_loss=fast,
         guard_slow_loss=slow,
@@ -142,22 +141,21 @@ def _measure_straightness(
     config: AEESConfig,
     guard: GuardState,
     taken: jax.Array,
-    norm: jax.Array,
     fast: jax.Array,
     displacement_norm: jax.Array | float | None,
 ) -> GuardState:
     """Score the segment a new snapshot ends: distance moved over path length.
 
-    The path is the sum of the update norms recorded since the previous
-    snapshot; this step's own update belongs to the segment the new snapshot
-    starts. A segment counts as timid when it was straight, the loss did not
+    The path is the sum of the update norms folded in since the previous
+    snapshot; this step's own update is applied after the snapshot, so its
+    norm, folded in after this, starts the next segment. A segment counts as timid when it was straight, the loss did not
     rise over it (fast EMA now at most the slow EMA at the previous snapshot),
     the run has not fitted its training data, and no held-out loss says
     otherwise (the latest eval, if any, was a new best). A measured segment
     extends or resets the run of timid episodes.
     """
-    dtype = norm.dtype
     path = guard.path_since_snapshot
+    dtype = path.dtype
     distance = (
         jnp.zeros((), dtype)
         if displacement_norm is None
@@ -175,7 +173,7 @@ def _measure_straightness(
         & eval_agrees
     )
     return guard._replace(
-        path_since_snapshot=jnp.where(taken, norm, path + norm),
+        path_since_snapshot=jnp.where(taken, 0.0, path),
         straightness=jnp.where(measured, straightness, guard.straightness),
         timid_streak=jnp.where(
             measured, jnp.where(timid, count_up(guard.timid_streak), 0), guard.timid_streak

@@ -751,7 +751,10 @@ def aees(
         if name not in traced
     }
     # Validated eagerly; traced knobs take their defaults here (see DYNAMIC_KNOBS).
-    config = core.apply_preset(core.AEESConfig(**static), preset, explicit=given.keys())
+    knobs = core.preset_knobs(preset, static)
+    for name in traced:
+        knobs.pop(name, None)
+    config = core.AEESConfig(**knobs)
     core.require_update_norms(config, track_update_norm)
     step_config = _with_dynamic_knobs(config, traced)
     structure = AEESStructure.of(config)

@@ -39,6 +39,7 @@ finalize = jax.jit(core.finalize, static_argnums=0, donate_argnums=1)
 restart_episode_at = jax.jit(core.restart_episode_at, static_argnums=0, donate_argnums=1)
 guard_check = jax.jit(core.guard_check, static_argnums=0)
 record_eval = jax.jit(core.record_eval, static_argnums=0, donate_argnums=1)
+record_update_norm = jax.jit(core.record_update_norm, static_argnums=0, donate_argnums=1)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="with_norms", donate_argnums=1)

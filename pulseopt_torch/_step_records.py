@@ -1,19 +1,19 @@
 """Per-step values kept on the device until the wrapper reads them, in one transfer.
 
 Each step the wrapper applies leaves a row here: its loss, whether a gradient
-was not finite, and the squared norm of its update (and, on a step that takes
-the guard's snapshot, of the distance moved since the previous snapshot).
-Nothing is read back when a row is written; `StepRecords.read` brings every
-row written since the last read to the host in one device-to-host transfer,
-the only host sync, which the wrapper makes once per episode (or once per
-step where a decision needs a value before the optimizer step).
+was not finite, and the squared norm of its update. Nothing is read back when
+a row is written; `StepRecords.read` brings every row written since the last
+read to the host in one device-to-host transfer, the only host sync, which the
+wrapper makes once per episode (or once per step where a decision needs a
+value before the optimizer step).
 
 Under `torch.distributed` the columns summed over ranks (the loss, the
-gradient flag, and the DTensor parts of the norms) are all-reduced
+gradient flag, and the DTensor part of the norm) are all-reduced
 asynchronously as soon as a row is written, so a read only waits for
 collectives already in flight; every rank writes the same rows in the same
 order, so they pair up. A read may also carry values that must be reduced
-and read at once (`read`'s ``urgent``), with one blocking all-reduce.
+and read at once (`read`'s ``urgent`` scalars and ``norms``), with one
+blocking all-reduce.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import torch.distributed as dist
 from pulseopt_torch._update_norm import NormSquares
 
 # Columns of a row; the first `_SUMMED` are summed over ranks.
-_LOSS, _NONFINITE, _UPDATE_SHARDED, _MOVED_SHARDED, _UPDATE_PLAIN, _MOVED_PLAIN = range(6)
-_SUMMED = 4
-_COLUMNS = 6
+_LOSS, _NONFINITE, _UPDATE_SHARDED, _UPDATE_PLAIN = range(4)
+_SUMMED = 3
+_COLUMNS = 4
 
 
 class HostRow(NamedTuple):
@@ -39,13 +39,20 @@ class HostRow(NamedTuple):
 
     ``loss`` is the sum of the ranks' losses and ``nonfinite_gradients`` the
     number of ranks that flagged a gradient (NaN where the row had none);
-    ``update_norm`` and ``moved_norm`` are L2 norms (NaN where the row had none).
+    ``update_norm`` is an L2 norm (NaN where the row had none).
     """
 
     loss: float
     nonfinite_gradients: float
     update_norm: float
-    moved_norm: float
+
+
+class HostRead(NamedTuple):
+    """What one `StepRecords.read` brought to the host."""
+
+    urgent: list[float]
+    norms: list[float]
+    rows: list[HostRow]
 
 
 class StepRecords:
@@ -78,7 +85,6 @@ class StepRecords:
         loss: torch.Tensor | float | None,
         nonfinite: torch.Tensor | None,
         update: NormSquares | None,
-        moved: NormSquares | None,
     ) -> None:
         """Write a row (``None``: no value), without reading anything back.
 
@@ -92,9 +98,7 @@ class StepRecords:
             (_LOSS, loss),
             (_NONFINITE, nonfinite),
             (_UPDATE_SHARDED, None if update is None else update.sharded),
-            (_MOVED_SHARDED, None if moved is None else moved.sharded),
             (_UPDATE_PLAIN, None if update is None else update.plain),
-            (_MOVED_PLAIN, None if moved is None else moved.plain),
         ]
         for column, value in values:
             cell = row[column]
@@ -107,43 +111,53 @@ class StepRecords:
             self._in_flight.append(dist.all_reduce(row[:_SUMMED], async_op=True))
 
     @torch.no_grad()
-    def read(self, urgent: Sequence[torch.Tensor] = ()) -> tuple[list[float], list[HostRow]]:
-        """Every row written since the last read, and the ``urgent`` scalars, in one transfer.
+    def read(
+        self, urgent: Sequence[torch.Tensor] = (), norms: Sequence[NormSquares] = ()
+    ) -> HostRead:
+        """Every row written since the last read, ``urgent`` and ``norms``, in one transfer.
 
-        ``urgent`` values are summed over ranks (one blocking all-reduce of a
-        fresh tensor: the caller's tensors are never written to) before the
-        transfer; they come back as floats, in order.
+        ``urgent`` scalars and the sharded parts of ``norms`` are summed over
+        ranks (one blocking all-reduce of a fresh tensor: the caller's tensors
+        are never written to) before the transfer; they come back as floats,
+        in order, the norms as L2 norms.
         """
         for work in self._in_flight:
             work.wait()
         self._in_flight = []
         parts = []
-        if urgent:
+        reduced = [*urgent, *(norm.sharded for norm in norms)]
+        if reduced:
             summed = torch.stack(
-                [value.reshape(()).to(self.device, torch.float64) for value in urgent]
+                [value.reshape(()).to(self.device, torch.float64) for value in reduced]
             )
             if self._world_size > 1:
                 dist.all_reduce(summed)
             parts.append(summed)
+        parts.extend(norm.plain.reshape(1).to(self.device, torch.float64) for norm in norms)
         count = self._count
         if count:
             parts.append(self._rows[:count].reshape(-1))
         self._count = 0
         if not parts:
-            return [], []
+            return HostRead([], [], [])
         host = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().numpy()
-        urgent_values = [float(value) for value in host[: len(urgent)]]
-        table = host[len(urgent) :].reshape(count, _COLUMNS)
+        head = len(urgent)
+        sharded = host[head : head + len(norms)]
+        plain = host[head + len(norms) : head + 2 * len(norms)]
+        table = host[len(reduced) + len(norms) :].reshape(count, _COLUMNS)
         rows = [
             HostRow(
                 loss=float(values[_LOSS]),
                 nonfinite_gradients=float(values[_NONFINITE]),
                 update_norm=_norm(values[_UPDATE_PLAIN], values[_UPDATE_SHARDED]),
-                moved_norm=_norm(values[_MOVED_PLAIN], values[_MOVED_SHARDED]),
             )
             for values in table
         ]
-        return urgent_values, rows
+        return HostRead(
+            [float(value) for value in host[:head]],
+            [_norm(p, q) for p, q in zip(plain, sharded, strict=True)],
+            rows,
+        )
 
 
 def _norm(plain: np.float64, sharded: np.float64) -> float:

@@ -20,11 +20,18 @@ transfer when the wrapper needs them:
   that ends an episode, so no host sync between episode boundaries; the
   steps read are then handed to the core in one call
   (`_runtime.record_steps`, the same `core.record_step` applied in order);
-* with the guard or ``skip_nonfinite=True``: every step, before the
-  optimizer step, because applying, skipping or rolling back needs the loss
-  and the gradient flag then (the previous step's update norm travels in the
-  same read), plus once at the step that ends an episode for that step's
-  update norm. The guard records every step in the core as soon as it is read.
+* with the guard: once every step, before the optimizer step, because
+  applying, skipping or rolling back needs the loss and the gradient flag
+  then. The step is recorded in the core right after its optimizer step,
+  without its update norm, so an episode it ends closes there and the next
+  `step_start` needs no read; the norm travels in the next step's read
+  (`core.record_update_norm`; with the guard a closing step's update belongs
+  to the next episode, so nothing decided at the boundary needs it). At a
+  step that may close its episode, growth's distance from the snapshot is
+  measured before the read and travels in it.
+* with ``skip_nonfinite=True`` and no guard: every step, before the optimizer
+  step, as above, plus once at the step that ends an episode for that step's
+  update norm, which without the guard belongs to the episode it ends.
 
 Anything that reads the core's state (`AEES.core_state`, `AEES.state_dict`,
 `AEES.get_logs`, `AEES.observe_eval`, `AEES.finalize`) reads the buffer first.
@@ -37,7 +44,7 @@ import math
 import operator
 import secrets
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Unpack
 
 import jax
@@ -53,7 +60,7 @@ from pulseopt_torch._gradients import NonFiniteCheck
 from pulseopt_torch._noise import GradientNoise
 from pulseopt_torch._sharding import local
 from pulseopt_torch._snapshot import Snapshot
-from pulseopt_torch._step_records import StepRecords
+from pulseopt_torch._step_records import HostRead, StepRecords
 from pulseopt_torch._update_norm import NormSquares, UpdateNormTracker
 from pulseopt_torch.candidate import CandidateConfig
 
@@ -179,8 +186,9 @@ class AEES:
         # The config warns about ignored knobs; re-issue at the caller's line.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            config = core.AEESConfig(seed=adapter["seed"], **knobs)
-            config = core.apply_preset(config, adapter["preset"], explicit=knobs.keys())
+            config = core.AEESConfig(
+                seed=adapter["seed"], **core.preset_knobs(adapter["preset"], knobs)
+            )
         for warning in caught:
             warnings.warn(warning.message, warning.category, stacklevel=2)
 
@@ -312,20 +320,19 @@ class AEES:
             self._raise_deferred_error()
             return
         try:
-            loss_value, gradients_finite = self._checked_loss(loss, check=gradients == "check")
+            loss_value, gradients_finite, displacement = self._checked_loss(
+                loss, check=gradients == "check", moved=self._closing_displacement()
+            )
         except ValueError:
             self._current_candidate = None
             raise
         gradients_finite = gradients_finite and gradients != "overflow"
         # A non-finite gradient is judged like a non-finite loss.
         judged_loss = loss_value if gradients_finite or gradients == "overflow" else math.inf
-        displacement: NormSquares | None = None
-        if self._snapshot is not None:
-            rolled_back, displacement = self._guard_step(
-                judged_loss, applies=gradients_finite and math.isfinite(loss_value)
-            )
-            if rolled_back:
-                return
+        if self._snapshot is not None and self._guard_step(
+            judged_loss, applies=gradients_finite and math.isfinite(loss_value)
+        ):
+            return
         if not math.isfinite(loss_value):
             self._current_candidate = None
             if not self._skip_nonfinite:
@@ -341,16 +348,19 @@ class AEES:
             return
 
         update = self._step_and_schedule(candidate)
-        if update is None and displacement is None:
+        if self._config.guard:
+            # Recorded at once, so an episode this step ends closes now and the
+            # next step_start needs no read; the update's norm follows with the
+            # next read (`core.record_update_norm`).
+            self._record(loss_value, None, skip=False, displacement=displacement)
+            if update is not None:
+                recorded = _UnreadStep(self._step_number, loss_value, skip=False, recorded=True)
+                self._write_row(recorded, None, None, update)
+            return
+        if update is None:
             self._record(loss_value, None, skip=False)
             return
-        self._write_row(
-            _UnreadStep(self._step_number, loss_value, skip=False, moved=displacement is not None),
-            None,
-            None,
-            update,
-            displacement,
-        )
+        self._write_row(_UnreadStep(self._step_number, loss_value, skip=False), None, None, update)
 
     def _end_step_unread(
         self, candidate: CandidateConfig, loss: float | torch.Tensor, gradients: GradientStatus
@@ -369,13 +379,13 @@ class AEES:
         records = self._step_records()
         if gradients == "overflow":
             self._current_candidate = None
-            self._write_row(_UnreadStep(self._step_number, None, skip=True), loss, None, None, None)
+            self._write_row(_UnreadStep(self._step_number, None, skip=True), loss, None, None)
             return
         flag = None
         if gradients == "check":
             flag = self._nonfinite_check.flag(self._optimizer.param_groups, records.device)
         update = self._step_and_schedule(candidate)
-        self._write_row(_UnreadStep(self._step_number, None, skip=None), loss, flag, update, None)
+        self._write_row(_UnreadStep(self._step_number, None, skip=None), loss, flag, update)
 
     def _step_and_schedule(self, candidate: CandidateConfig) -> NormSquares | None:
         """The optimizer step at the candidate's LR, then the scheduler; closes the step."""
@@ -393,15 +403,14 @@ class AEES:
         loss: float | torch.Tensor | None,
         flag: torch.Tensor | None,
         update: NormSquares | None,
-        moved: NormSquares | None,
     ) -> None:
         """Buffer a step on the device; read the buffer when the episode may have ended."""
         records = self._step_records()
         if records.full:
             self._read_records()
-        records.write(loss, flag, update, moved)
+        records.write(loss, flag, update)
         self._unread.append(step)
-        self._unread_counted += not step.skip
+        self._unread_counted += not (step.skip or step.recorded)
         ends_episode = self._episode_steps + self._unread_counted >= self._config.episode_length
         if records.full or ends_episode:
             self._read_records()
@@ -417,15 +426,23 @@ class AEES:
             )
         return self._records
 
-    def _read_records(self, urgent: list[torch.Tensor] | None = None) -> list[float]:
-        """Read the buffered steps (and ``urgent``, summed over ranks) and record the steps."""
+    def _read_records(
+        self, urgent: Sequence[torch.Tensor] = (), norms: Sequence[NormSquares] = ()
+    ) -> HostRead:
+        """Read the buffered steps (and ``urgent`` and ``norms``, reduced over ranks); record them."""
         records = self._step_records()
-        urgent_values, rows = records.read(urgent or [])
+        read = records.read(urgent, norms)
         unread, self._unread = self._unread, []
         self._unread_counted = 0
         world_size = _world_size()
         bad_steps = []
-        for step, row in zip(unread, rows, strict=True):
+        for step, row in zip(unread, read.rows, strict=True):
+            if step.recorded:
+                with _runtime.on_cpu_in_float64():
+                    self._state = _runtime.record_update_norm(
+                        self._core_config, self._applied_state, row.update_norm
+                    )
+                continue
             loss = step.loss if step.loss is not None else row.loss / world_size
             skip = step.skip
             if skip is None:
@@ -435,8 +452,7 @@ class AEES:
             elif step.loss is None and not math.isfinite(loss):
                 bad_steps.append(step.number)
             norm = None if skip or self._norm_tracker is None else row.update_norm
-            moved = row.moved_norm if step.moved else 0.0
-            self._record(loss, None if skip else norm, skip=skip, displacement=moved)
+            self._record(loss, None if skip else norm, skip=skip)
         if bad_steps:
             self._deferred_error = (
                 f"the loss or the gradients of step(s) {bad_steps} were not finite; found when "
@@ -444,7 +460,7 @@ class AEES:
                 "as skipped). Pass skip_nonfinite=True, or use preset='robust', to check every "
                 "step before it is applied."
             )
-        return urgent_values
+        return read
 
     def _raise_deferred_error(self) -> None:
         """Raise the error a read of the buffered steps found, once."""
@@ -467,7 +483,7 @@ class AEES:
         Raises:
           ValueError: if ``eval_loss`` is a tensor with more than one element.
         """
-        value, _ = self._checked_loss(eval_loss, check=False)
+        value, _, _ = self._checked_loss(eval_loss, check=False)
         with _runtime.on_cpu_in_float64():
             self._state = _runtime.record_eval(self._core_config, self._state, value)
             improved = bool(jax.device_get(self._state.guard.eval_improved))
@@ -658,13 +674,16 @@ class AEES:
         device: torch.device = local(self._optimizer.param_groups[0]["params"][0]).device
         return device
 
-    def _checked_loss(self, loss: float | torch.Tensor, *, check: bool) -> tuple[float, bool]:
-        """The loss as a float (averaged over ranks) and whether every gradient is finite.
+    def _checked_loss(
+        self, loss: float | torch.Tensor, *, check: bool, moved: NormSquares | None = None
+    ) -> tuple[float, bool, float]:
+        """The loss as a float (averaged over ranks), whether every gradient is finite, ``moved``.
 
         One device read, which also reads (and records) the buffered steps.
-        Under `torch.distributed` the loss and the gradient flag are summed
-        over ranks in one all-reduce of a fresh tensor (never the caller's),
-        so every rank takes the same branch.
+        Under `torch.distributed` the loss, the gradient flag and the sharded
+        part of ``moved`` are summed over ranks in one all-reduce of a fresh
+        tensor (never the caller's), so every rank takes the same branch.
+        ``moved`` comes back as an L2 norm (0.0 when ``None``).
 
         Raises:
           ValueError: if ``loss`` is a tensor with more than one element.
@@ -680,11 +699,30 @@ class AEES:
         if check:
             flag = self._nonfinite_check.flag(self._optimizer.param_groups, records.device)
             urgent.append(flag)
-        if not urgent and not self._unread:
-            return float(loss), True
-        values = self._read_records(urgent)
+        norms = [] if moved is None else [moved]
+        if not urgent and not norms and not self._unread:
+            return float(loss), True, 0.0
+        read = self._read_records(urgent, norms)
+        values = read.urgent
         loss_value = values.pop(0) / world_size if loss_on_device else float(loss)
-        return loss_value, not check or values[0] == 0.0
+        return loss_value, not check or values[0] == 0.0, read.norms[0] if norms else 0.0
+
+    def _closing_displacement(self) -> NormSquares | None:
+        """With growth, at a step that would close its episode: the distance from the snapshot.
+
+        The guard snapshots the parameters a closing step starts from (unless
+        the step spikes), and growth scores the segment that snapshot ends by
+        this distance, so it is measured before the step's one read, in case.
+        """
+        snapshot = self._snapshot
+        if snapshot is None or not self._config.growth or self._norm_tracker is None:
+            return None
+        if self._episode_steps + 1 < self._config.episode_length:
+            return None
+        snapshot.follow_params()
+        if not snapshot.holds:
+            return None
+        return self._norm_tracker.distance_squares(snapshot.params, snapshot.saved_params)
 
     def _apply_optimizer_step(self, candidate: CandidateConfig) -> NormSquares | None:
         """Noise, then ``optimizer.step()`` with multiplied LRs; returns the squared update norm."""
@@ -705,18 +743,13 @@ class AEES:
             self._snapshot.reserve_state()
         return None if self._norm_tracker is None else self._norm_tracker.squares()
 
-    def _guard_step(self, loss: float, *, applies: bool) -> tuple[bool, NormSquares | None]:
-        """Let the spike guard snapshot or roll back.
+    def _guard_step(self, loss: float, *, applies: bool) -> bool:
+        """Let the spike guard snapshot or roll back; returns whether it rolled back.
 
         Args:
           loss: the loss the guard judges (infinite for non-finite gradients).
           applies: whether the step will be applied if not rolled back; a step
             that will be skipped takes no snapshot, as the core records none.
-
-        Returns:
-          Whether the step was rolled back, and the squared distance the
-          parameters moved since the previous snapshot when one was taken now
-          (else ``None``), on the device.
         """
         snapshot = self._snapshot
         assert snapshot is not None
@@ -725,14 +758,9 @@ class AEES:
             decision = _runtime.guard_check(self._core_config, self._state, loss)
             rollback, take_snapshot = (bool(flag) for flag in jax.device_get(decision))
         if not rollback:
-            moved = None
             if take_snapshot and applies:
-                if self._config.growth and snapshot.holds and self._norm_tracker is not None:
-                    moved = self._norm_tracker.distance_squares(
-                        snapshot.params, snapshot.saved_params
-                    )
                 snapshot.take()
-            return False, moved
+            return False
         self._current_candidate = None
         snapshot.restore()
         with _runtime.on_cpu_in_float64():
@@ -743,7 +771,7 @@ class AEES:
         self._episode_steps = 0
         self._core_step += 1
         self._episode_candidate = None
-        return True, None
+        return True
 
     @property
     def _state(self) -> core.AEESState:
@@ -757,6 +785,19 @@ class AEES:
     def _state(self, state: core.AEESState) -> None:
         self._applied_state = state
         self._pending = []
+
+    @property
+    def _decided_state(self) -> core.AEESState:
+        """The state the arms and the closed episodes' logs come from.
+
+        Reads the device only for buffered steps not recorded yet; the rows of
+        recorded steps (with the guard) hold only update norms, which belong
+        to the open episode, so they can wait for the next read.
+        """
+        if any(not step.recorded for step in self._unread):
+            self._read_records()
+        self._flush()
+        return self._applied_state
 
     def _flush(self) -> None:
         """Hand the buffered steps to the core, in one call."""
@@ -821,9 +862,9 @@ class AEES:
         with _runtime.on_cpu_in_float64():
             lr_index, noise_index, multiplier = jax.device_get(
                 (
-                    self._state.episode.lr_index,
-                    self._state.episode.noise_index,
-                    self._state.episode.lr_multiplier,
+                    self._decided_state.episode.lr_index,
+                    self._decided_state.episode.noise_index,
+                    self._decided_state.episode.lr_multiplier,
                 )
             )
         # The core computes in float64 here, so the multiplier is exactly the
@@ -838,7 +879,7 @@ class AEES:
             return
         slots = np.arange(self._logged_episodes, self._episodes_closed) % self._config.log_capacity
         with _runtime.on_cpu_in_float64():
-            entries = log_entries(self._core_config, self._state.episode_log, slots)
+            entries = log_entries(self._core_config, self._decided_state.episode_log, slots)
         for key, values in entries.items():
             self._logs[key].extend(values)
         self._logged_episodes = self._episodes_closed
@@ -852,14 +893,15 @@ class _UnreadStep:
     """A step buffered on the device: what the host already knows of it.
 
     ``loss`` is ``None`` when it is in the step's row; ``skip`` is ``None``
-    when the row decides it (a non-finite loss or gradient flag); ``moved``
-    says whether the row holds the guard's snapshot distance.
+    when the row decides it (a non-finite loss or gradient flag). A
+    ``recorded`` step (with the guard) is in the core already: its row only
+    brings its update's norm.
     """
 
     number: int
     loss: float | None
     skip: bool | None
-    moved: bool = False
+    recorded: bool = False
 
 
 def _scalar_loss(loss: float | torch.Tensor) -> float | torch.Tensor:

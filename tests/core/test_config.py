@@ -116,6 +116,18 @@ def test_the_robust_preset_turns_on_the_guard_and_keeps_the_arms() -> None:
     assert config.lr_candidates == (0.5, 1.0)
 
 
+def test_preset_knobs_fill_only_what_is_not_given() -> None:
+    knobs = core.preset_knobs("robust", {"growth": True, "max_lr_scale": 8.0})
+    assert knobs == {"guard": True, "growth": True, "max_lr_scale": 8.0}
+    # growth=True alone is invalid; with the preset's guard filled in it is not.
+    with pytest.raises(ValueError, match="growth=True needs guard=True"):
+        core.AEESConfig(growth=True)
+    assert core.AEESConfig(**knobs).growth
+    assert core.preset_knobs(None, {"growth": False}) == {"growth": False}
+    with pytest.raises(ValueError, match="preset"):
+        core.preset_knobs("fast", {})
+
+
 def test_no_preset_changes_nothing() -> None:
     config = core.AEESConfig(episode_length=7)
     assert core.apply_preset(config, None) is config

@@ -137,3 +137,57 @@ def test_the_guard_runs_under_vmap() -> None:
 
     totals = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(0), 3))
     np.testing.assert_array_equal(totals, [1, 1, 1])
+
+
+GROWING = core.AEESConfig(episode_length=4, guard=True, growth=True, guard_warmup_steps=2, seed=3)
+
+
+def _record_both_ways(
+    config: core.AEESConfig, steps: list[tuple[float, float, float]]
+) -> tuple[core.AEESState, core.AEESState]:
+    """Each (loss, update norm, displacement) recorded with its norm, and with the norm late."""
+    together = late = core.init(config)
+    for loss, norm, displacement in steps:
+        together = core.record_step(config, together, loss, norm, displacement_norm=displacement)
+        late = core.record_step(config, late, loss, None, displacement_norm=displacement)
+        if not bool(late.guard.rolled_back):  # a rolled-back step applied no update
+            late = core.record_update_norm(config, late, norm)
+    return together, late
+
+
+def test_a_late_update_norm_records_exactly_what_the_norm_with_its_step_records() -> None:
+    rng = np.random.default_rng(0)
+    steps = [
+        (float(loss), float(norm), float(moved))
+        for loss, norm, moved in zip(
+            np.linspace(2.0, 1.0, 15),
+            rng.uniform(0.1, 0.2, 15),
+            rng.uniform(0.3, 0.5, 15),
+            strict=True,
+        )
+    ]
+    steps[9] = (40.0, 0.15, 0.4)  # a spike: rolled back
+    steps[12] = (1.1, float("nan"), 0.4)  # a non-finite norm is left out
+    together, late = _record_both_ways(GROWING, steps)
+    assert int(together.guard.total_rollbacks) == 1
+    assert late.rng_key == together.rng_key
+    plain = [state._replace(rng_key=None) for state in (late, together)]
+    for got, want in zip(*map(jax.tree.leaves, plain), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_with_the_guard_a_closing_steps_update_counts_in_the_next_episode() -> None:
+    # The closing step's update is applied after the snapshot that ends the
+    # episode, so its norm joins the next episode and the next growth segment.
+    norms = [1.0, 2.0, 3.0, 10.0, 4.0, 5.0, 6.0, 20.0]
+    steps = [(1.0, norm, 0.5) for norm in norms]
+    state, _ = _record_both_ways(GROWING, steps)
+    logs = core.episode_logs(GROWING, state)
+    assert logs["mean_update_norms"] == [pytest.approx(2.0), pytest.approx((10 + 4 + 5 + 6) / 4)]
+    assert float(state.guard.path_since_snapshot) == 20.0
+
+
+def test_without_the_guard_a_late_update_norm_is_refused() -> None:
+    config = core.AEESConfig(episode_length=4)
+    with pytest.raises(ValueError, match=r"record_update_norm needs config\.guard"):
+        core.record_update_norm(config, core.init(config), 1.0)

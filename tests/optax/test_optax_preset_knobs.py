@@ -23,6 +23,8 @@ def test_the_robust_preset_turns_on_guard_and_growth_up_to_64() -> None:
     ("knobs", "expected"),
     [
         ({"growth": False}, (True, False, 64.0)),
+        # Valid only with the preset's guard: the whole is checked, not the given part.
+        ({"growth": True}, (True, True, 64.0)),
         ({"max_lr_scale": 1.0}, (True, True, 1.0)),
         ({"max_lr_scale": 8.0}, (True, True, 8.0)),
     ],

@@ -91,6 +91,8 @@ def test_the_optimizer_face_takes_eval_losses_too() -> None:
     [
         ({}, (True, True, 64.0)),
         ({"growth": False}, (True, False, 64.0)),
+        # Valid only with the preset's guard: the whole is checked, not the given part.
+        ({"growth": True}, (True, True, 64.0)),
         ({"max_lr_scale": 1.0}, (True, True, 1.0)),
     ],
 )

@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 import io
 
+import jax
+import numpy as np
 import pytest
 import torch
 
+import pulseopt_core as core
 from pulseopt_torch import AEES
 from tests.torch.aees_torch_helpers import loss_at, tiny_model
 
@@ -139,3 +142,56 @@ def test_growth_needs_the_update_norm() -> None:
             preset="robust",
             track_update_norm=False,
         )
+
+
+def test_the_guarded_adapter_records_what_the_core_records_for_the_same_steps() -> None:
+    # The adapter records each step as soon as its loss is read and hands the
+    # update's norm over a step later (so no step reads the device twice); the
+    # result must be what the core records from each step's loss, update norm
+    # and snapshot distance handed over together, as the optax adapter does.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 1, dtype=torch.float64)
+    aees = AEES(
+        torch.optim.SGD(model.parameters(), lr=0.02),
+        episode_length=EPISODE,
+        preset="robust",
+        guard_warmup_steps=2,
+        growth_patience=1,
+        seed=0,
+    )
+    inputs = torch.randn(32, 6, dtype=torch.float64)
+    targets = inputs.sum(dim=1, keepdim=True)
+    with jax.enable_x64(True):  # the adapter's core statistics are float64
+        state = core.init(aees.config, 0)
+        snapshot = None
+        for step in range(30):
+            before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+            aees.step_start(step)
+            aees.optimizer.zero_grad()
+            loss = ((model(inputs) - targets) ** 2).mean()
+            loss.backward()
+            judged = loss.item() + (50.0 if step == 21 else 0.0)  # one spike: a rollback
+            aees.step_end(judged)
+            after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+            decision = core.guard_check(aees.config, state, judged)
+            displacement = 0.0
+            if bool(decision.take_snapshot):
+                if snapshot is not None:
+                    displacement = float(torch.linalg.vector_norm(before - snapshot))
+                snapshot = before
+            if bool(decision.rollback):
+                assert torch.equal(after, snapshot)
+                state = core.record_step(aees.config, state, judged, None)
+                continue
+            norm = float(torch.linalg.vector_norm(after - before))
+            state = core.record_step(
+                aees.config, state, judged, norm, displacement_norm=displacement
+            )
+        got = aees.core_state
+    assert int(state.guard.total_rollbacks) == 1
+    assert float(state.guard.lr_scale) != 1.0  # growth and the cut both acted
+    assert got.rng_key == state.rng_key
+    plain = [s._replace(rng_key=None) for s in (got, state)]
+    for mine, want in zip(*map(jax.tree.leaves, plain), strict=True):
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(want), rtol=1e-12, atol=1e-15)

@@ -113,15 +113,27 @@ def test_by_default_only_the_step_that_ends_an_episode_reads_the_device(
 
 
 @MAKERS
-@pytest.mark.parametrize("knobs", [{"preset": "robust"}, {"skip_nonfinite": True}], ids=str)
-def test_checking_every_step_reads_the_device_once_per_step_and_once_more_per_episode(
+@pytest.mark.parametrize("track_update_norm", [True, False])
+def test_with_the_guard_every_step_reads_the_device_exactly_once(
     make: Callable[[dict[str, Any]], Callable[[int], None]],
-    knobs: dict[str, Any],
+    track_update_norm: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    counts = _syncs_per_step(make, {"seed": 0, **knobs}, monkeypatch)
+    # Once before each optimizer step; the step that ends an episode reads no
+    # more (its update's norm travels in the next step's read).
+    knobs = {"seed": 0, "preset": "robust", "growth": track_update_norm}
+    counts = _syncs_per_step(make, {**knobs, "track_update_norm": track_update_norm}, monkeypatch)
+    assert counts == [(0, 1)] * len(counts)
+
+
+@MAKERS
+def test_skip_nonfinite_reads_the_device_once_per_step_and_once_more_per_episode(
+    make: Callable[[dict[str, Any]], Callable[[int], None]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counts = _syncs_per_step(make, {"seed": 0, "skip_nonfinite": True}, monkeypatch)
     assert all(scalar_reads == 0 for scalar_reads, _ in counts)
-    # One read before each optimizer step; the step that ends an episode also
-    # reads its own update norm, which the new episode's arms depend on.
+    # One read before each optimizer step; without the guard the step that
+    # ends an episode also reads its own update norm, which that episode logs.
     ends_episode = [(number + 1) % EPISODE_LENGTH == 0 for number in range(len(counts))]
     assert [reads for _, reads in counts] == [1 + int(end) for end in ends_episode]
