@@ -34,12 +34,33 @@ from jax._src import xla_bridge
 import pulseopt_core as core
 
 # The state is replaced by every call, so its old buffers can be reused in place.
-record_step = jax.jit(core.record_step, static_argnums=0, donate_argnums=1)
 finalize = jax.jit(core.finalize, static_argnums=0, donate_argnums=1)
 restart_episode_at = jax.jit(core.restart_episode_at, static_argnums=0, donate_argnums=1)
 guard_check = jax.jit(core.guard_check, static_argnums=0)
 record_eval = jax.jit(core.record_eval, static_argnums=0, donate_argnums=1)
 record_update_norm = jax.jit(core.record_update_norm, static_argnums=0, donate_argnums=1)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def record_step_after_norm(
+    config: core.AEESConfig,
+    state: core.AEESState,
+    late_norm: jax.Array,
+    loss: jax.Array,
+    *,
+    skip: jax.Array,
+    displacement_norm: jax.Array | None,
+) -> core.AEESState:
+    """With the guard: `core.record_update_norm` (a NaN ``late_norm``: none), then the step.
+
+    The step is recorded without its own update norm, which comes later. One
+    call of the core per recorded step, beside the guard's check.
+    """
+    state = core.record_update_norm(config, state, late_norm)
+    recorded: core.AEESState = core.record_step(
+        config, state, loss, None, skip=skip, displacement_norm=displacement_norm
+    )
+    return recorded
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="with_norms", donate_argnums=1)

@@ -217,6 +217,9 @@ class AEES:
         # How many of `_unread` may count in the episode (all but known skips).
         self._unread_counted = 0
         self._deferred_error: str | None = None
+        # With the guard: the update norm of the last recorded step, read but
+        # not yet handed to the core (see `_guard_step`).
+        self._late_norm: float | None = None
         self._step_number = 0
         self._applied_state: core.AEESState
         with _runtime.on_cpu_in_float64():
@@ -438,10 +441,9 @@ class AEES:
         bad_steps = []
         for step, row in zip(unread, read.rows, strict=True):
             if step.recorded:
-                with _runtime.on_cpu_in_float64():
-                    self._state = _runtime.record_update_norm(
-                        self._core_config, self._applied_state, row.update_norm
-                    )
+                # Handed to the core with the next step's record (or by `_flush`).
+                self._fold_late_norm()
+                self._late_norm = row.update_norm
                 continue
             loss = step.loss if step.loss is not None else row.loss / world_size
             skip = step.skip
@@ -754,8 +756,10 @@ class AEES:
         snapshot = self._snapshot
         assert snapshot is not None
         snapshot.follow_params()
+        # The check reads no update norm, so one still waiting (`_late_norm`)
+        # can go with the step's record, in the same call of the core.
         with _runtime.on_cpu_in_float64():
-            decision = _runtime.guard_check(self._core_config, self._state, loss)
+            decision = _runtime.guard_check(self._core_config, self._recorded_state(), loss)
             rollback, take_snapshot = (bool(flag) for flag in jax.device_get(decision))
         if not rollback:
             if take_snapshot and applies:
@@ -763,8 +767,7 @@ class AEES:
             return False
         self._current_candidate = None
         snapshot.restore()
-        with _runtime.on_cpu_in_float64():
-            self._state = _runtime.record_step(self._core_config, self._state, loss, None)
+        self._record_guarded(loss, skip=False, displacement=0.0)
         # The core closed the open episode (if it had steps) and opened a new one.
         if self._episode_steps > 0:
             self._episodes_closed += 1
@@ -796,11 +799,31 @@ class AEES:
         """
         if any(not step.recorded for step in self._unread):
             self._read_records()
-        self._flush()
+        return self._recorded_state()
+
+    def _recorded_state(self) -> core.AEESState:
+        """The core's state as recorded so far: no device read, no waiting update norm folded in.
+
+        With the guard nothing else waits (every step is recorded when read),
+        and the guard's check and the arms do not depend on update norms.
+        """
+        if self._pending:
+            self._flush()
         return self._applied_state
 
+    def _fold_late_norm(self) -> None:
+        """Hand the core the update norm of a recorded step, if one waits (with the guard)."""
+        if self._late_norm is None:
+            return
+        with _runtime.on_cpu_in_float64():
+            self._applied_state = _runtime.record_update_norm(
+                self._core_config, self._applied_state, self._late_norm
+            )
+        self._late_norm = None
+
     def _flush(self) -> None:
-        """Hand the buffered steps to the core, in one call."""
+        """Hand the buffered steps (and a waiting update norm) to the core."""
+        self._fold_late_norm()
         if not self._pending:
             return
         losses, norms, skips = zip(*self._pending, strict=True)
@@ -822,15 +845,7 @@ class AEES:
     ) -> None:
         """Record a step whose values are on the host: in the core with the guard, else buffered."""
         if self._config.guard:
-            with _runtime.on_cpu_in_float64():
-                self._state = _runtime.record_step(
-                    self._core_config,
-                    self._state,
-                    loss,
-                    update_norm,
-                    skip=skip,
-                    displacement_norm=displacement if self._config.growth else None,
-                )
+            self._record_guarded(loss, skip=skip, displacement=displacement)
         else:
             # A skipped step's norm is ignored by the core, whatever its value.
             norm = 0.0 if update_norm is None else update_norm
@@ -846,6 +861,19 @@ class AEES:
         self._core_step += 1
         if self._episode_steps == self._config.episode_length:
             self._close_mirrored_episode()
+
+    def _record_guarded(self, loss: float, *, skip: bool, displacement: float) -> None:
+        """Record a step with the guard, after the update norm of the step before it, if waiting."""
+        late_norm, self._late_norm = self._late_norm, None
+        with _runtime.on_cpu_in_float64():
+            self._state = _runtime.record_step_after_norm(
+                self._core_config,
+                self._recorded_state(),
+                math.nan if late_norm is None else late_norm,
+                loss,
+                skip=skip,
+                displacement_norm=displacement if self._config.growth else None,
+            )
 
     def _close_mirrored_episode(self) -> None:
         self._episode_steps = 0

@@ -39,7 +39,7 @@ def test_record_steps_equals_one_record_step_per_entry(track_update_norm: bool) 
         one_by_one = core.init(config, jax.random.key(1))
         for i in range(count):
             norm = float(norms[i]) if track_update_norm else None
-            one_by_one = _runtime.record_step(
+            one_by_one = core.record_step(
                 config, one_by_one, float(losses[i]), norm, skip=bool(skips[i])
             )
         batched = _runtime.record_steps(
@@ -85,14 +85,14 @@ def test_the_wrapper_state_matches_recording_every_step() -> None:
             # As the wrapper does: an episode starts at the caller's step number.
             if int(expected.episode.episode_steps) == 0 and int(expected.global_step) != step:
                 expected = _runtime.restart_episode_at(config, expected, step)
-            expected = _runtime.record_step(config, expected, loss, None, skip=step in bad_steps)
+            expected = core.record_step(config, expected, loss, None, skip=step in bad_steps)
     _assert_same_state(aees.core_state, expected)
     assert int(aees.core_state.skipped_steps) == len(bad_steps)
     assert len(aees.get_logs()["episode_rewards"]) == 2
 
 
 def test_ordinary_steps_do_not_call_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"record_step": 0, "record_steps": 0}
+    calls = {"record_step_after_norm": 0, "record_steps": 0}
 
     def counting(name: str):
         original = getattr(_runtime, name)
@@ -108,10 +108,10 @@ def test_ordinary_steps_do_not_call_the_core(monkeypatch: pytest.MonkeyPatch) ->
     model = tiny_model()
     aees = AEES(torch.optim.SGD(model.parameters(), lr=0.05), episode_length=10, seed=0)
     train(aees, model, range(9))
-    assert calls == {"record_step": 0, "record_steps": 0}
+    assert calls == {"record_step_after_norm": 0, "record_steps": 0}
     assert int(aees.core_state.global_step) == 9  # reading the state records the buffer
-    assert calls == {"record_step": 0, "record_steps": 1}
+    assert calls == {"record_step_after_norm": 0, "record_steps": 1}
     train(aees, model, range(9, 19))
     # The first episode's last step is recorded when the second episode's
     # arms are read (at step 10); steps 10-18 stay buffered.
-    assert calls == {"record_step": 0, "record_steps": 2}
+    assert calls == {"record_step_after_norm": 0, "record_steps": 2}

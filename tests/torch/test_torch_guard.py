@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+from typing import Any
 
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import pulseopt_core as core
-from pulseopt_torch import AEES
+from pulseopt_torch import AEES, _runtime
 from tests.torch.aees_torch_helpers import loss_at, tiny_model
 
 EPISODE = 4
@@ -195,3 +196,30 @@ def test_the_guarded_adapter_records_what_the_core_records_for_the_same_steps() 
     plain = [s._replace(rng_key=None) for s in (got, state)]
     for mine, want in zip(*map(jax.tree.leaves, plain), strict=True):
         np.testing.assert_allclose(np.asarray(mine), np.asarray(want), rtol=1e-12, atol=1e-15)
+
+
+def test_with_the_guard_each_step_calls_the_core_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guard's check, then the step's record carrying the previous step's
+    # update norm: no third call for the norm, also at episode boundaries.
+    calls = {"guard_check": 0, "record_step_after_norm": 0, "record_update_norm": 0}
+
+    def counting(name: str) -> Any:
+        original = getattr(_runtime, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(_runtime, name, counting(name))
+    model = tiny_model()
+    aees = _guarded(model)
+    steps = 5 * EPISODE + 1
+    for step in range(steps):
+        _step(aees, model, step)
+    assert calls == {"guard_check": steps, "record_step_after_norm": steps, "record_update_norm": 0}
+    # Reading the state hands the core the last step's update norm.
+    assert int(aees.core_state.episode.update_norm_count) == 2
+    assert calls["record_update_norm"] == 1
