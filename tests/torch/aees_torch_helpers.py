@@ -89,3 +89,24 @@ def run_ranks(worker: pathlib.Path, folder: pathlib.Path, world_size: int) -> li
     ]
     assert [process.wait(timeout=240) for process in workers] == [0] * world_size
     return [torch.load(path, weights_only=True) for path in outputs]
+
+
+def count_calls(monkeypatch: Any, module: Any, names: list[str]) -> dict[str, int]:
+    """Count the calls of ``module``'s functions ``names`` (patched for the test's duration).
+
+    Returns the live counts, one entry per name, starting at 0.
+    """
+    calls = dict.fromkeys(names, 0)
+
+    def counting(name: str) -> Callable[..., Any]:
+        original = getattr(module, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return counted
+
+    for name in names:
+        monkeypatch.setattr(module, name, counting(name))
+    return calls

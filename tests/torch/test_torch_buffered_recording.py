@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from aees_torch_helpers import loss_at, tiny_model, train
+from aees_torch_helpers import count_calls, loss_at, tiny_model, train
 
 import pulseopt_core as core
 from pulseopt_torch import AEES, _runtime
@@ -92,19 +92,7 @@ def test_the_wrapper_state_matches_recording_every_step() -> None:
 
 
 def test_ordinary_steps_do_not_call_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"record_step_after_norm": 0, "record_steps": 0}
-
-    def counting(name: str):
-        original = getattr(_runtime, name)
-
-        def counted(*args, **kwargs):
-            calls[name] += 1
-            return original(*args, **kwargs)
-
-        return counted
-
-    for name in calls:
-        monkeypatch.setattr(_runtime, name, counting(name))
+    calls = count_calls(monkeypatch, _runtime, ["record_step_after_norm", "record_steps"])
     model = tiny_model()
     aees = AEES(torch.optim.SGD(model.parameters(), lr=0.05), episode_length=10, seed=0)
     train(aees, model, range(9))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-from typing import Any
 
 import jax
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 
 import pulseopt_core as core
 from pulseopt_torch import AEES, _runtime
-from tests.torch.aees_torch_helpers import loss_at, tiny_model
+from tests.torch.aees_torch_helpers import count_calls, loss_at, tiny_model
 
 EPISODE = 4
 SPIKE_STEP = 9  # in the third episode; the last snapshot was taken at step 7
@@ -201,19 +200,9 @@ def test_the_guarded_adapter_records_what_the_core_records_for_the_same_steps() 
 def test_with_the_guard_each_step_calls_the_core_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     # The guard's check, then the step's record carrying the previous step's
     # update norm: no third call for the norm, also at episode boundaries.
-    calls = {"guard_check": 0, "record_step_after_norm": 0, "record_update_norm": 0}
-
-    def counting(name: str) -> Any:
-        original = getattr(_runtime, name)
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            calls[name] += 1
-            return original(*args, **kwargs)
-
-        return counted
-
-    for name in calls:
-        monkeypatch.setattr(_runtime, name, counting(name))
+    calls = count_calls(
+        monkeypatch, _runtime, ["guard_check", "record_step_after_norm", "record_update_norm"]
+    )
     model = tiny_model()
     aees = _guarded(model)
     steps = 5 * EPISODE + 1
