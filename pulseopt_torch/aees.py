@@ -887,13 +887,10 @@ class AEES:
         core; logging here keeps every episode even after the core's ring buffer wraps.
         """
         self._sync_logs()
+        episode = self._decided_state.episode
         with _runtime.on_cpu_in_float64():
             lr_index, noise_index, multiplier = jax.device_get(
-                (
-                    self._decided_state.episode.lr_index,
-                    self._decided_state.episode.noise_index,
-                    self._decided_state.episode.lr_multiplier,
-                )
+                (episode.lr_index, episode.noise_index, episode.lr_multiplier)
             )
         # The core computes in float64 here, so the multiplier is exactly the
         # Python product of the arm and its scale, as the published wrapper uses.

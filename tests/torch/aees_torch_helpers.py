@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 IN_FEATURES = 4
 
@@ -110,3 +111,16 @@ def count_calls(monkeypatch: Any, module: Any, names: list[str]) -> dict[str, in
     for name in names:
         monkeypatch.setattr(module, name, counting(name))
     return calls
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts ``aten._local_scalar_dense`` calls (what ``.item()`` and ``float()`` dispatch to)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from aees_torch_helpers import loss_at, tiny_model
-from torch.utils._python_dispatch import TorchDispatchMode
+from aees_torch_helpers import ScalarReads, loss_at, tiny_model
 
 from pulseopt_torch import AEES
 from pulseopt_torch._step_records import StepRecords
@@ -31,13 +30,6 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
 }
 
 counts = {"scalar": 0, "buffer": 0, "collective": 0}
-
-
-class _ScalarReads(TorchDispatchMode):
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func is torch.ops.aten._local_scalar_dense.default:
-            counts["scalar"] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _counted(function: Any, key: str, *, blocking_only: bool) -> Any:
@@ -69,12 +61,13 @@ def main() -> None:
         per_step = []
         for step in range(EPISODE_LENGTH + STEPS):
             before = dict(counts)
-            with _ScalarReads():
+            with ScalarReads() as scalars:
                 aees.step_start(step)
                 optimizer.zero_grad()
                 loss = loss_at(model, step, rank)
                 loss.backward()
                 aees.step_end(loss)
+            counts["scalar"] += scalars.count
             if step >= EPISODE_LENGTH:
                 per_step.append({key: counts[key] - before[key] for key in counts})
         results[name] = per_step

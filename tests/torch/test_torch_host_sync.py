@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from aees_torch_helpers import loss_at, tiny_model
-from torch.utils._python_dispatch import TorchDispatchMode
+from aees_torch_helpers import ScalarReads, loss_at, tiny_model
 
 from pulseopt_torch import AEES, AEESOptimizer
 from pulseopt_torch._step_records import StepRecords
@@ -27,17 +26,6 @@ STEPS = 40
 def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     # SGD reads nothing back itself (Adam's per-parameter loop reads its step counts).
     return torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
-
-
-class _SyncCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.scalar_reads = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.scalar_reads += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _aees_step(knobs: dict[str, Any]) -> Callable[[int], None]:
@@ -90,9 +78,9 @@ def _syncs_per_step(
     counts = []
     for number in range(EPISODE_LENGTH, EPISODE_LENGTH + STEPS):
         before = buffer_reads[0]
-        with _SyncCounter() as counter:
+        with ScalarReads() as counter:
             step(number)
-        counts.append((counter.scalar_reads, buffer_reads[0] - before))
+        counts.append((counter.count, buffer_reads[0] - before))
     return counts
 
 
