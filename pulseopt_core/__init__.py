@@ -49,6 +49,8 @@ from pulseopt_core.knobs import (
 from pulseopt_core.logs import CONTEXT_LOG_KEYS, LOG_KEYS, candidate_name, episode_logs
 from pulseopt_core.reward import accumulate_loss, episode_reward, reward_from_statistics
 from pulseopt_core.state import (
+    LOG_FLOAT_COLUMNS,
+    LOG_INT_COLUMNS,
     AEESState,
     Candidate,
     ControllerState,
@@ -64,6 +66,8 @@ __all__ = [
     "CONTEXT_LOG_KEYS",
     "DYNAMIC_KNOBS",
     "KNOBS",
+    "LOG_FLOAT_COLUMNS",
+    "LOG_INT_COLUMNS",
     "LOG_KEYS",
     "PHASES",
     "PRESETS",

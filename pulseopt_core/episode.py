@@ -25,6 +25,8 @@ from pulseopt_core import bandit, context, guard, hashing, reward
 from pulseopt_core.config import AEESConfig
 from pulseopt_core.state import (
     COUNTER_MAX,
+    LOG_FLOAT_COLUMNS,
+    LOG_INT_COLUMNS,
     AEESState,
     Candidate,
     EpisodeLog,
@@ -55,26 +57,11 @@ def make_key(config: AEESConfig, key: jax.Array | int | None = None) -> jax.Arra
 
 
 def _empty_log(config: AEESConfig) -> EpisodeLog:
-    dtype = bandit.float_dtype()
     capacity = config.log_capacity
-    ints = dict.fromkeys(
-        (
-            "log_lr_index",
-            "log_noise_index",
-            "log_start_step",
-            "log_end_step",
-            "log_context_bucket",
-            "log_context_trend",
-            "log_context_phase",
-        ),
-        jnp.full((capacity,), -1, jnp.int32),
+    return EpisodeLog(
+        log_ints=jnp.full((capacity, len(LOG_INT_COLUMNS)), -1, jnp.int32),
+        log_floats=jnp.full((capacity, len(LOG_FLOAT_COLUMNS)), jnp.nan, bandit.float_dtype()),
     )
-    floats = {
-        name: jnp.full((capacity,), jnp.nan, dtype)
-        for name in EpisodeLog._fields
-        if name not in ints
-    }
-    return EpisodeLog(**ints, **floats)
 
 
 def _select(pick_new: jax.Array, new: Any, old: Any) -> Any:
@@ -266,38 +253,40 @@ def _close_episode(
         / jnp.maximum(episode.update_norm_count, 1).astype(episode.update_norm_sum.dtype),
         jnp.nan,
     )
-    entry = EpisodeLog(
-        log_lr_index=episode.lr_index,
-        log_noise_index=episode.noise_index,
-        log_start_step=episode.start_step,
-        log_end_step=episode.start_step + episode.episode_steps - 1,
-        log_start_loss=episode.first_loss,
-        log_end_loss=episode.last_loss,
-        log_ema_loss_start=episode.first_loss,
-        log_ema_loss_end=episode.loss_ema,
-        log_reward_base=score.base,
-        log_reward_instability=score.instability,
-        log_reward_penalty=score.penalty,
-        log_reward_unclipped=score.unclipped,
-        log_reward=score.reward,
-        log_mean_update_norm=mean_norm,
-        log_context_bucket=bucket,
-        log_context_trend=episode.context_trend,
-        log_context_phase=episode.context_phase,
-    )
+    ints = {
+        "lr_index": episode.lr_index,
+        "noise_index": episode.noise_index,
+        "start_step": episode.start_step,
+        "end_step": episode.start_step + episode.episode_steps - 1,
+        "context_bucket": bucket,
+        "context_trend": episode.context_trend,
+        "context_phase": episode.context_phase,
+    }
+    floats = {
+        "start_loss": episode.first_loss,
+        "end_loss": episode.last_loss,
+        "ema_loss_start": episode.first_loss,
+        "ema_loss_end": episode.loss_ema,
+        "reward_base": score.base,
+        "reward_instability": score.instability,
+        "reward_penalty": score.penalty,
+        "reward_unclipped": score.unclipped,
+        "reward": score.reward,
+        "mean_update_norm": mean_norm,
+    }
     # Past the counter's limit the newest slot is rewritten (see `count_up`).
-    # A dynamic update of one row lowers to fewer ops than an indexed set (a
-    # scatter), 139 fewer over the log's columns.
+    # One row per array: each write is a kernel of its own in the compiled step.
     slot = jnp.minimum(state.episodes_closed, COUNTER_MAX - 1) % config.log_capacity
-    episode_log = jax.tree.map(
-        lambda buffer, value: jax.lax.dynamic_update_index_in_dim(
-            buffer,
-            jnp.where(scored, value.astype(buffer.dtype), buffer[slot]),
-            slot,
-            0,
-        ),
-        state.episode_log,
-        entry,
+
+    def write(table: jax.Array, columns: tuple[str, ...], values: dict[str, Any]) -> jax.Array:
+        row = jnp.stack([jnp.asarray(values[name]).astype(table.dtype) for name in columns])
+        row = jnp.where(scored, row, table[slot])
+        return jax.lax.dynamic_update_index_in_dim(table, row, slot, 0)
+
+    log = state.episode_log
+    episode_log = EpisodeLog(
+        log_ints=write(log.log_ints, LOG_INT_COLUMNS, ints),
+        log_floats=write(log.log_floats, LOG_FLOAT_COLUMNS, floats),
     )
     trend_end_losses, trend_count = context.push_end_loss(
         state.trend_end_losses, state.trend_count, episode.last_loss

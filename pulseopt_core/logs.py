@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from pulseopt_core.config import PHASES, TRENDS, AEESConfig
-from pulseopt_core.state import AEESState, EpisodeLog
+from pulseopt_core.state import LOG_FLOAT_COLUMNS, LOG_INT_COLUMNS, AEESState, EpisodeLog
 
 LOG_KEYS = (
     "selected_lr_indices",
@@ -41,17 +41,18 @@ CONTEXT_LOG_KEYS = (
     "context_phases",
 )
 
+# Published key -> the log column it lists.
 _FLOAT_FIELDS = {
-    "episode_rewards": "log_reward",
-    "episode_start_losses": "log_start_loss",
-    "episode_end_losses": "log_end_loss",
-    "episode_ema_loss_starts": "log_ema_loss_start",
-    "episode_ema_loss_ends": "log_ema_loss_end",
-    "reward_base": "log_reward_base",
-    "reward_instability": "log_reward_instability",
-    "reward_penalty": "log_reward_penalty",
-    "reward_final_unclipped": "log_reward_unclipped",
-    "reward_final_clipped": "log_reward",
+    "episode_rewards": "reward",
+    "episode_start_losses": "start_loss",
+    "episode_end_losses": "end_loss",
+    "episode_ema_loss_starts": "ema_loss_start",
+    "episode_ema_loss_ends": "ema_loss_end",
+    "reward_base": "reward_base",
+    "reward_instability": "reward_instability",
+    "reward_penalty": "reward_penalty",
+    "reward_final_unclipped": "reward_unclipped",
+    "reward_final_clipped": "reward",
 }
 
 
@@ -72,12 +73,11 @@ def empty_logs(config: AEESConfig) -> dict[str, list[Any]]:
 
 def log_entries(config: AEESConfig, log: EpisodeLog, slots: np.ndarray) -> dict[str, list[Any]]:
     """Logs for the given ring-buffer slots of ``log``, in the order of ``slots``."""
-    rows = {
-        name: np.asarray(jax.device_get(column))[slots] for name, column in log._asdict().items()
-    }
+    host = EpisodeLog(*(np.asarray(table)[slots] for table in jax.device_get(log)))
+    rows = {name: host.column(name) for name in LOG_INT_COLUMNS + LOG_FLOAT_COLUMNS}
     out = empty_logs(config)
-    lr_indices = [int(i) for i in rows["log_lr_index"]]
-    noise_indices = [int(i) for i in rows["log_noise_index"]]
+    lr_indices = [int(i) for i in rows["lr_index"]]
+    noise_indices = [int(i) for i in rows["noise_index"]]
     out["selected_lr_indices"] = lr_indices
     out["selected_noise_indices"] = noise_indices
     out["selected_lr_values"] = [config.lr_candidates[i] for i in lr_indices]
@@ -86,20 +86,20 @@ def log_entries(config: AEESConfig, log: EpisodeLog, slots: np.ndarray) -> dict[
         candidate_name(config.lr_candidates[i], config.noise_candidates[j])
         for i, j in zip(lr_indices, noise_indices, strict=True)
     ]
-    out["episode_start_steps"] = [int(s) for s in rows["log_start_step"]]
-    out["episode_end_steps"] = [int(s) for s in rows["log_end_step"]]
+    out["episode_start_steps"] = [int(s) for s in rows["start_step"]]
+    out["episode_end_steps"] = [int(s) for s in rows["end_step"]]
     for key, field in _FLOAT_FIELDS.items():
         out[key] = [float(v) for v in rows[field]]
     out["mean_update_norms"] = [
-        None if math.isnan(float(v)) else float(v) for v in rows["log_mean_update_norm"]
+        None if math.isnan(float(v)) else float(v) for v in rows["mean_update_norm"]
     ]
     if config.context_mode != "none":
         names = config.bucket_names
-        out["context_bucket_ids"] = [names[int(b)] for b in rows["log_context_bucket"]]
+        out["context_bucket_ids"] = [names[int(b)] for b in rows["context_bucket"]]
         out["context_bucket_names"] = list(out["context_bucket_ids"])
-        out["context_trends"] = [TRENDS[int(t)] for t in rows["log_context_trend"]]
+        out["context_trends"] = [TRENDS[int(t)] for t in rows["context_trend"]]
         out["context_phases"] = [
-            PHASES[int(p)] if int(p) >= 0 else None for p in rows["log_context_phase"]
+            PHASES[int(p)] if int(p) >= 0 else None for p in rows["context_phase"]
         ]
     return out
 

@@ -89,30 +89,64 @@ class OpenEpisode(NamedTuple):
     update_norm_count: jax.Array
 
 
+# The episode log's columns, in the order of their rows' entries.
+LOG_INT_COLUMNS = (
+    "lr_index",
+    "noise_index",
+    "start_step",
+    "end_step",
+    "context_bucket",
+    "context_trend",
+    "context_phase",
+)
+LOG_FLOAT_COLUMNS = (
+    "start_loss",
+    "end_loss",
+    "ema_loss_start",
+    "ema_loss_end",
+    "reward_base",
+    "reward_instability",
+    "reward_penalty",
+    "reward_unclipped",
+    "reward",
+    "mean_update_norm",
+)
+
+
 class EpisodeLog(NamedTuple):
-    """Ring buffer of the last ``C`` closed episodes, one ``[C]`` array per field.
+    """Ring buffer of the last ``C`` closed episodes, one row per episode.
+
+    The integer and the float columns are stacked in one array each, so
+    closing an episode writes two rows rather than one element of every
+    column (each write is a kernel of its own in the compiled step). Read a
+    column by name with `column`.
 
     Unscored episodes carry NaN rewards; episodes without update norms carry a
-    NaN ``log_mean_update_norm``.
+    NaN ``mean_update_norm``. Empty rows hold -1 and NaN.
+
+    Attributes:
+      log_ints: ``i32[C, len(LOG_INT_COLUMNS)]`` arm indices, steps and context.
+      log_floats: ``f[C, len(LOG_FLOAT_COLUMNS)]`` losses, reward parts and the
+        mean update norm.
     """
 
-    log_lr_index: jax.Array
-    log_noise_index: jax.Array
-    log_start_step: jax.Array
-    log_end_step: jax.Array
-    log_start_loss: jax.Array
-    log_end_loss: jax.Array
-    log_ema_loss_start: jax.Array
-    log_ema_loss_end: jax.Array
-    log_reward_base: jax.Array
-    log_reward_instability: jax.Array
-    log_reward_penalty: jax.Array
-    log_reward_unclipped: jax.Array
-    log_reward: jax.Array
-    log_mean_update_norm: jax.Array
-    log_context_bucket: jax.Array
-    log_context_trend: jax.Array
-    log_context_phase: jax.Array
+    log_ints: jax.Array
+    log_floats: jax.Array
+
+    def column(self, name: str) -> jax.Array:
+        """The ``[C]`` column ``name`` (one of `LOG_INT_COLUMNS` or `LOG_FLOAT_COLUMNS`).
+
+        Raises:
+          KeyError: if ``name`` is not a column of the log.
+        """
+        if name in LOG_INT_COLUMNS:
+            return self.log_ints[:, LOG_INT_COLUMNS.index(name)]
+        if name in LOG_FLOAT_COLUMNS:
+            return self.log_floats[:, LOG_FLOAT_COLUMNS.index(name)]
+        raise KeyError(
+            f"{name!r} is not an episode log column; columns: "
+            f"{LOG_INT_COLUMNS + LOG_FLOAT_COLUMNS}."
+        )
 
 
 class GuardState(NamedTuple):

@@ -130,6 +130,30 @@ def state_from_tensors(template: core.AEESState, tensors: dict[str, Any]) -> cor
         return restored._replace(rng_key=jax.random.wrap_key_data(restored.rng_key))
 
 
+def upgrade_core_tensors_v1(tensors: Any) -> Any:
+    """A core state saved by version 1 of the state_dict, in today's layout.
+
+    Version 1 kept the episode log as one ``[C]`` tensor per column
+    (``log_reward``, ...); it is now one ``[C, k]`` table of integer and one
+    of float columns (`pulseopt_core.EpisodeLog`). Anything else is returned
+    unchanged, for `state_from_tensors` to reject with the entry it lacks.
+    """
+    if not isinstance(tensors, dict) or not isinstance(tensors.get("episode_log"), dict):
+        return tensors
+    columns = tensors["episode_log"]
+    tables = {"log_ints": core.LOG_INT_COLUMNS, "log_floats": core.LOG_FLOAT_COLUMNS}
+    names = [f"log_{name}" for table in tables.values() for name in table]
+    if set(columns) != set(names) or not all(
+        isinstance(columns[name], torch.Tensor) and columns[name].ndim == 1 for name in names
+    ):
+        return tensors
+    log = {
+        table: torch.stack([columns[f"log_{name}"] for name in names_], dim=1)
+        for table, names_ in tables.items()
+    }
+    return {**tensors, "episode_log": log}
+
+
 def _as_dicts(tree: Any) -> Any:
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
         return {name: _as_dicts(value) for name, value in zip(tree._fields, tree, strict=True)}

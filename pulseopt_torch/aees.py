@@ -66,7 +66,8 @@ from pulseopt_torch.candidate import CandidateConfig
 
 # The core counts steps in int32.
 _MAX_GLOBAL_STEP = 2**31 - 1
-_STATE_DICT_VERSION = 1
+# Version 1 kept the episode log as one tensor per column; it still loads.
+_STATE_DICT_VERSION = 2
 # Steps buffered on the host before the core must take them (see the module docstring).
 _PENDING_CAPACITY = 128
 # Most steps kept on the device before a read (longer episodes read more often).
@@ -606,9 +607,13 @@ class AEES:
         """Everything `load_state_dict` needs, built and checked without touching ``self``."""
         state_dict = checked_entries(state_dict, _STATE_DICT_KEYS, "AEES")
         version = state_dict["version"]
-        if version != _STATE_DICT_VERSION:
+        if version == 1:
+            core_state = _runtime.upgrade_core_tensors_v1(state_dict["core_state"])
+            state_dict = {**state_dict, "core_state": core_state}
+        elif version != _STATE_DICT_VERSION:
             raise ValueError(
-                f"state_dict version {version!r} is not supported (expected {_STATE_DICT_VERSION})."
+                f"state_dict version {version!r} is not supported (expected {_STATE_DICT_VERSION} "
+                "or 1)."
             )
         saved_config = state_dict["config"]
         if not isinstance(saved_config, Mapping):

@@ -85,3 +85,19 @@ def test_the_log_keeps_only_the_most_recent_episodes() -> None:
     logs = core.episode_logs(config, run_core(config, [5.0, 4.0, 3.0, 2.0, 1.0], finalize=False))
     assert logs["episode_start_losses"] == [3.0, 2.0, 1.0]
     assert logs["episode_start_steps"] == [2, 3, 4]
+
+
+def test_the_log_holds_each_closed_episode_in_one_row_of_each_table() -> None:
+    config = CONFIG.replace(episode_length=2, log_capacity=4)
+    state = run_core(config, [5.0, 4.0, 3.0, 2.0, 1.0, 0.5], finalize=False)
+    log = state.episode_log
+    assert log.log_ints.shape == (4, len(core.LOG_INT_COLUMNS))
+    assert log.log_floats.shape == (4, len(core.LOG_FLOAT_COLUMNS))
+    np.testing.assert_array_equal(np.asarray(log.column("start_step")), [0, 2, 4, -1])
+    np.testing.assert_array_equal(np.asarray(log.column("end_step")), [1, 3, 5, -1])
+    np.testing.assert_array_equal(np.asarray(log.column("start_loss"))[:3], [5.0, 3.0, 1.0])
+    assert np.isnan(np.asarray(log.column("reward"))[3])
+    logs = core.episode_logs(config, state)
+    assert logs["episode_end_losses"] == [4.0, 2.0, 0.5]
+    with np.testing.assert_raises_regex(KeyError, "not an episode log column"):
+        log.column("log_reward")

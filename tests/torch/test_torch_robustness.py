@@ -12,6 +12,7 @@ import pytest
 import torch
 from aees_torch_helpers import loss_at, tiny_model, train
 
+import pulseopt_core as core
 import pulseopt_torch.aees as aees_module
 from pulseopt_torch import AEES
 
@@ -260,15 +261,19 @@ def test_under_distributed_the_callers_float64_loss_is_never_written_to(
 # ---------------------------------------------------------------- malformed state dicts (item 14)
 
 
-def _trained() -> tuple[torch.nn.Module, AEES]:
+def _untrained() -> tuple[torch.nn.Module, AEES]:
     model = tiny_model()
-    aees = AEES(
+    return model, AEES(
         torch.optim.AdamW(model.parameters(), lr=1e-2),
         lr_candidates=[0.5, 1.0],
         noise_candidates=[0.0, 0.01],
         episode_length=3,
         seed=1,
     )
+
+
+def _trained() -> tuple[torch.nn.Module, AEES]:
+    model, aees = _untrained()
     train(aees, model, range(7))
     return model, aees
 
@@ -329,6 +334,42 @@ def test_a_malformed_state_dict_raises_value_error_and_changes_nothing(
         aees.load_state_dict(saved)
     assert _state_dicts_equal(aees.state_dict(), before)
     train(aees, model, range(7, 10))
+
+
+def _as_version_1(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` as version 1 wrote it: one ``[C]`` tensor per episode-log column."""
+    log = saved["core_state"]["episode_log"]
+    columns = {}
+    for table, names in (
+        ("log_ints", core.LOG_INT_COLUMNS),
+        ("log_floats", core.LOG_FLOAT_COLUMNS),
+    ):
+        for i, name in enumerate(names):
+            columns[f"log_{name}"] = log[table][:, i].clone()
+    saved["core_state"]["episode_log"] = columns
+    saved["version"] = 1
+    return saved
+
+
+def test_a_version_1_state_dict_loads_into_the_same_state() -> None:
+    _, aees = _trained()
+    saved = aees.state_dict()
+    old = _as_version_1(copy.deepcopy(saved))
+    assert old["version"] == 1 and "log_reward" in old["core_state"]["episode_log"]
+    _, restored = _untrained()
+    restored.load_state_dict(old)
+    assert _state_dicts_equal(restored.state_dict(), saved)
+    assert restored.get_logs() == aees.get_logs()
+
+
+def test_a_version_1_state_dict_missing_a_log_column_raises_and_changes_nothing() -> None:
+    _, aees = _trained()
+    old = _as_version_1(copy.deepcopy(aees.state_dict()))
+    del old["core_state"]["episode_log"]["log_reward"]
+    before = copy.deepcopy(aees.state_dict())
+    with pytest.raises(ValueError, match="episode_log"):
+        aees.load_state_dict(old)
+    assert _state_dicts_equal(aees.state_dict(), before)
 
 
 # ---------------------------------------------------------------- the reference's inputs (item 15)
