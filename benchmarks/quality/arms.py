@@ -312,6 +312,11 @@ def default_arms() -> dict[str, Arm]:
         ),
         aees_arm("aees_robust", preset="robust"),
         aees_arm("aees_robust_eval", preset="robust", restore_best=True, eval_aware=True),
+        # Slower or capped growth: probes of whether the growth rate alone can
+        # trade the noisy small-data task's losses against the gains elsewhere.
+        aees_arm("aees_robust_patience2", preset="robust", growth_patience=2),
+        aees_arm("aees_robust_factor1.41", preset="robust", growth_factor=2**0.5),
+        aees_arm("aees_robust_max16", preset="robust", max_lr_scale=16.0),
         reduce_on_plateau_arm(),
         reduce_on_plateau_eval_arm(),
         mechanize_arm(),
@@ -325,7 +330,8 @@ def default_arms() -> dict[str, Arm]:
 # The arms `make bench` runs. The random-arm AEES baselines, the wide-set AEES
 # arms, DoG and the minibatch-fed reduce_on_plateau ran in earlier reports (the
 # bandit was no better than random arms, DoG and a minibatch-fed plateau rule
-# never competitive); they stay available with ``--arms``.
+# never competitive); they stay available with ``--arms``, as do the growth-rate
+# probes (results_growth_rate.md).
 DEFAULT_ARMS = (
     "fixed",
     "aees_reference",

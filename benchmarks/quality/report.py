@@ -195,6 +195,8 @@ DESIGN_PAIRS = frozenset(
         ("illconditioned_regression", "sgd_momentum"),
     }
 )
+# The seeds the safety rules were designed with.
+DESIGN_SEEDS = range(100, 103)
 
 
 def _oracle_multiplier_at_nominal(board: Scoreboard) -> float:

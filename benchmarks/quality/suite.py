@@ -30,7 +30,13 @@ from tqdm import tqdm
 
 from quality.arms import DEFAULT_ARMS, INNER_OPTIMIZERS, Arm, InnerOptimizer, default_arms
 from quality.metrics import Scoreboard, score
-from quality.report import DESIGN_PAIRS, plot_final_val, plot_multipliers, write_report
+from quality.report import (
+    DESIGN_PAIRS,
+    DESIGN_SEEDS,
+    plot_final_val,
+    plot_multipliers,
+    write_report,
+)
 from quality.runner import RunResult, run_population
 from quality.tasks import TASKS, Task
 
@@ -238,13 +244,25 @@ def _method(options: SuiteOptions) -> list[str]:
         "",
         "Protocol for the robust preset's safety rules (no growth once the training loss is "
         "below `growth_fit_fraction` of its start or while it rises, the spike floor, eval "
-        "control): they were designed on these (task, optimizer) pairs with seeds 100-102: "
+        f"control): they were designed on these (task, optimizer) pairs with seeds "
+        f"{DESIGN_SEEDS[0]}-{DESIGN_SEEDS[-1]}: "
         + ", ".join(f"`{t}` · `{o}`" for t, o in sorted(DESIGN_PAIRS))
-        + ". Every other pair is held out (never run while designing), and this report's seeds "
-        f"({options.first_seed}-{options.first_seed + options.seeds - 1}) were used for no "
-        "pair during the design.",
+        + ". Every other pair is held out (never run while designing), and "
+        + _seed_protocol(options),
     ]
     return lines
+
+
+def _seed_protocol(options: SuiteOptions) -> str:
+    """Whether this report's seeds are held out from the design, in words."""
+    seeds = range(options.first_seed, options.first_seed + options.seeds)
+    named = f"this report's seeds ({seeds[0]}-{seeds[-1]})"
+    if set(seeds) & set(DESIGN_SEEDS):
+        return (
+            f"{named} include the design seeds: it is a probe of the design, not a held-out "
+            "measurement."
+        )
+    return f"{named} were used for no pair during the design."
 
 
 def main(options: SuiteOptions, command: Sequence[str]) -> Path:
