@@ -3,7 +3,9 @@
 The overhead benchmarks (``optax_bench.py``, ``torch_bench.py``) run as
 separate processes, each writing its own section (``results_optax.md``,
 ``results_torch.md``); the quality suite writes ``results_quality.md`` and its
-figures. ``benchmarks/RESULTS.md`` is then assembled from the three sections.
+figures. ``benchmarks/RESULTS.md`` is then assembled from the sections in
+`SECTIONS` that exist, among them ``results_growth_rate.md``, a probe of the
+robust preset's growth rate that is run by hand (its command heads it).
 
 Examples:
     .venv/bin/python benchmarks/run_all.py
@@ -34,6 +36,7 @@ SECTIONS = (
     "results_compile_cache.md",
     "results_memory.md",
     "results_quality.md",
+    "results_growth_rate.md",
 )
 RESULTS = BENCHMARKS / "RESULTS.md"
 

@@ -253,11 +253,19 @@ def _method(options: SuiteOptions) -> list[str]:
     return lines
 
 
+def _seeds(options: SuiteOptions) -> range:
+    return range(options.first_seed, options.first_seed + options.seeds)
+
+
+def _on_design_seeds(options: SuiteOptions) -> bool:
+    return bool(set(_seeds(options)) & set(DESIGN_SEEDS))
+
+
 def _seed_protocol(options: SuiteOptions) -> str:
     """Whether this report's seeds are held out from the design, in words."""
-    seeds = range(options.first_seed, options.first_seed + options.seeds)
+    seeds = _seeds(options)
     named = f"this report's seeds ({seeds[0]}-{seeds[-1]})"
-    if set(seeds) & set(DESIGN_SEEDS):
+    if _on_design_seeds(options):
         return (
             f"{named} include the design seeds: it is a probe of the design, not a held-out "
             "measurement."
@@ -296,8 +304,11 @@ def main(options: SuiteOptions, command: Sequence[str]) -> Path:
             labels,
             figures[-1][1],
         )
+    title = "Quality benchmark: what AEES is worth against fixed LRs and LR-free peers"
+    if _on_design_seeds(options):
+        title = "Quality probe on the design seeds: variants of the robust preset against fixed LRs"
     header = [
-        "# Quality benchmark: what AEES is worth against fixed LRs and LR-free peers",
+        f"# {title}",
         "",
         f"Command: `{shlex.join(command)}` (from the repository root)",
         f"Machine: {_machine()}",
