@@ -148,8 +148,8 @@ def upgrade_core_tensors_v1(tensors: Any) -> Any:
     ):
         return tensors
     log = {
-        table: torch.stack([columns[f"log_{name}"] for name in names_], dim=1)
-        for table, names_ in tables.items()
+        table: torch.stack([columns[f"log_{name}"] for name in table_columns], dim=1)
+        for table, table_columns in tables.items()
     }
     return {**tensors, "episode_log": log}
 

@@ -64,6 +64,11 @@ class SuiteOptions:
     figures: Path
     cache: Path
 
+    @property
+    def seed_range(self) -> range:
+        """The seeds every population trains with."""
+        return range(self.first_seed, self.first_seed + self.seeds)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The suite's command-line options (shared with ``run_all.py``)."""
@@ -154,7 +159,7 @@ class SuiteResults:
 def run_suite(options: SuiteOptions) -> SuiteResults:
     """Train every (task, optimizer, arm) population and score it."""
     arms = default_arms()
-    seeds = options.first_seed + np.arange(options.seeds)
+    seeds = np.asarray(options.seed_range)
     boards, training_seconds = [], 0.0
     multipliers: dict[str, dict[tuple[str, str], np.ndarray]] = {}
     tasks = {name: _make_task(name, options) for name in options.tasks}
@@ -253,17 +258,13 @@ def _method(options: SuiteOptions) -> list[str]:
     return lines
 
 
-def _seeds(options: SuiteOptions) -> range:
-    return range(options.first_seed, options.first_seed + options.seeds)
-
-
 def _on_design_seeds(options: SuiteOptions) -> bool:
-    return bool(set(_seeds(options)) & set(DESIGN_SEEDS))
+    return bool(set(options.seed_range) & set(DESIGN_SEEDS))
 
 
 def _seed_protocol(options: SuiteOptions) -> str:
     """Whether this report's seeds are held out from the design, in words."""
-    seeds = _seeds(options)
+    seeds = options.seed_range
     named = f"this report's seeds ({seeds[0]}-{seeds[-1]})"
     if _on_design_seeds(options):
         return (
