@@ -343,11 +343,39 @@ def _knob_arrays(config: core.AEESConfig, traced: dict[str, Any]) -> tuple[jax.A
     )
 
 
-# Leaves at least this large, with at least this many columns, are checked by
+# Leaves at least this large, with at least this many columns, are reduced by
 # a matrix-vector product when the program can only run on one device (see
-# `_nonfinite_sum`).
+# `_matvec_columns`).
 _MATVEC_MIN_SIZE = 1 << 14
 _MATVEC_MIN_COLUMNS = 16
+
+
+def _matvec_columns(leaf: jax.Array) -> int:
+    """The row length by which a reduction over ``leaf`` runs as a matrix-vector product, or 0.
+
+    XLA runs dots on its threaded matmul kernels, while a reduction over a
+    large leaf runs on one thread and, measured in a jitted train step, holds
+    up the work behind it. Only for large floating-point leaves of at least two
+    axes, and only when the program can run on one device alone: the reshape
+    to rows would move data between the shards of a leaf sharded on a middle
+    axis.
+    """
+    columns = leaf.shape[-1] if leaf.ndim >= 2 else 0
+    if (
+        jax.device_count() == 1
+        and jnp.issubdtype(leaf.dtype, jnp.floating)
+        and leaf.size >= _MATVEC_MIN_SIZE
+        and columns >= _MATVEC_MIN_COLUMNS
+    ):
+        return columns
+    return 0
+
+
+def _sum(terms: jax.Array, columns: int) -> jax.Array:
+    """The sum of ``terms``: as row sums by a matrix-vector product when ``columns`` > 0."""
+    if columns:
+        return jnp.sum(terms.reshape(-1, columns) @ jnp.ones((columns,), terms.dtype))
+    return jnp.sum(terms)
 
 
 def _nonfinite_sum(leaf: jax.Array) -> jax.Array:
@@ -358,21 +386,7 @@ def _nonfinite_sum(leaf: jax.Array) -> jax.Array:
     all-reduce.
     """
     zeroed = leaf * jnp.zeros((), leaf.dtype)  # 0 where finite, NaN where not
-    columns = leaf.shape[-1] if leaf.ndim >= 2 else 0
-    if (
-        jax.device_count() == 1
-        and jnp.issubdtype(leaf.dtype, jnp.floating)
-        and leaf.size >= _MATVEC_MIN_SIZE
-        and columns >= _MATVEC_MIN_COLUMNS
-    ):
-        # Row sums as a matrix-vector product: XLA runs dots on its threaded
-        # matmul kernels, while a reduction over a large leaf runs on one thread
-        # and, measured in a jitted train step, holds up the work behind it.
-        # The reshape would move data between shards of a leaf sharded on a
-        # middle axis, hence one device only.
-        rows = zeroed.reshape(-1, columns) @ jnp.ones((columns,), leaf.dtype)
-        return jnp.sum(rows)
-    return jnp.sum(zeroed)
+    return _sum(zeroed, _matvec_columns(leaf))
 
 
 def all_finite(tree: object) -> jax.Array:
@@ -387,12 +401,18 @@ def all_finite(tree: object) -> jax.Array:
     return jnp.isfinite(sum(sums, jnp.zeros((), jnp.float32)))
 
 
-def _global_norm(tree: object, dtype: jnp.dtype) -> jax.Array:
-    """The L2 norm of every element of ``tree`` (moduli for complex leaves), in ``dtype``."""
+def _global_norm(tree: object, dtype: jnp.dtype, threaded: bool = False) -> jax.Array:
+    """The L2 norm of every element of ``tree`` (moduli for complex leaves), in ``dtype``.
+
+    With ``threaded``, large leaves are reduced by matrix-vector products (see
+    `_matvec_columns`). Only for a norm that every step computes: in the body
+    of a loop of zero or one trip (`_at_most_once`) XLA hoists the dots out of
+    the loop as invariant code, so they would run at every step, taken or not.
+    """
 
     def squares(leaf: jax.Array) -> jax.Array:
         magnitude = jnp.abs(leaf) if jnp.iscomplexobj(leaf) else leaf
-        return jnp.sum(jnp.square(magnitude.astype(dtype)))
+        return _sum(jnp.square(magnitude.astype(dtype)), _matvec_columns(leaf) if threaded else 0)
 
     return jnp.sqrt(sum((squares(leaf) for leaf in jax.tree.leaves(tree)), jnp.zeros((), dtype)))
 
@@ -903,11 +923,11 @@ def aees(
             displacement = None
         new_updates = _zero_unless(emitting, raw_updates)
 
-        def update_norm() -> jax.Array:
+        def update_norm(threaded: bool = False) -> jax.Array:
             # From the unmasked updates: one fewer consumer of the masked ones.
-            return jnp.where(emitting, _global_norm(raw_updates, dtype), 0.0)
+            return jnp.where(emitting, _global_norm(raw_updates, dtype, threaded), 0.0)
 
-        norm = update_norm() if track_update_norm else None
+        norm = update_norm(threaded=True) if track_update_norm else None
         if config.guard:
             landing = rollback | take
             emitted = norm
