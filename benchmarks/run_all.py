@@ -26,6 +26,7 @@ OVERHEAD_SCRIPTS = (
     "optax_bench.py",
     "torch_bench.py",
     "shapes_bench.py",
+    "compile_profile.py",
     "compile_cache_bench.py",
     "memory_bench.py",
 )
@@ -33,6 +34,7 @@ SECTIONS = (
     "results_optax.md",
     "results_torch.md",
     "results_shapes.md",
+    "results_compile_profile.md",
     "results_compile_cache.md",
     "results_memory.md",
     "results_quality.md",

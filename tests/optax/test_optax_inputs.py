@@ -85,3 +85,20 @@ def test_the_update_norm_of_complex_parameters_uses_their_moduli() -> None:
     params = jnp.zeros(4, jnp.complex64)
     _, state = tx.update(jnp.full(4, 1j, jnp.complex64), tx.init(params), params, value=1.0)
     assert pulseopt_optax.get_logs(state)["mean_update_norms"] == [pytest.approx(2.0)]
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (8, 64, 48), (40000,), (300, 3)])
+def test_the_logged_update_norm_is_the_norm_of_the_returned_updates(shape) -> None:
+    # Large leaves of two axes or more are reduced by a matrix-vector product,
+    # the others by a plain sum: both give the update's L2 norm.
+    tx = aees(optax.sgd(1.0), episode_length=1, seed=0)
+    params = {"w": jnp.zeros(shape), "b": jnp.zeros(5)}
+    grads = {
+        "w": jax.random.normal(jax.random.key(0), shape),
+        "b": jnp.arange(5.0),
+    }
+    step = jax.jit(lambda g, s: tx.update(g, s, params, value=1.0))
+    updates, state = step(grads, tx.init(params))
+    expected = float(optax.global_norm(updates))
+    logged = pulseopt_optax.get_logs(state)["mean_update_norms"]
+    assert logged == [pytest.approx(expected, rel=1e-5)]
