@@ -405,9 +405,11 @@ def _global_norm(tree: object, dtype: jnp.dtype, threaded: bool = False) -> jax.
     """The L2 norm of every element of ``tree`` (moduli for complex leaves), in ``dtype``.
 
     With ``threaded``, large leaves are reduced by matrix-vector products (see
-    `_matvec_columns`). Only for a norm that every step computes: in the body
-    of a loop of zero or one trip (`_at_most_once`) XLA hoists the dots out of
-    the loop as invariant code, so they would run at every step, taken or not.
+    `_matvec_columns`). Only for the norm that every step computes: with the
+    same products in the bodies of the guard's loops of zero or one trip
+    (`_at_most_once`), the robust step on a 64-layer MLP measured 1.4-1.9x
+    adamw's on CPU, against 1.1-1.2x with plain reductions there, although
+    XLA keeps those dots inside the loops, which run once per episode.
     """
 
     def squares(leaf: jax.Array) -> jax.Array:
