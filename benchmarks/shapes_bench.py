@@ -10,6 +10,10 @@ matters (issue 15):
   transformer  a Flax NNX decoder of 12 pre-LayerNorm blocks (``nnx.MultiHeadAttention``,
                4 heads, d_model 128, MLP 4x, GELU), token and position embeddings, a
                head over 256 tokens; sequence 32, batch 8 (198 leaves, 2.4M parameters).
+  wide_mlp     a chain of 12 ``tanh(h @ W_i)`` layers, ``W_i`` 1024x1024 (12 leaves,
+               12.6M parameters), batch 8: few large matrices and a small batch, a
+               memory-bound step. Added after the skip and the update norm were laid
+               out, as a shape they were not designed on.
 
 Every shape has one jitted train step (forward, backward, optimizer, apply)
 compiled twice: with the parameters and optimizer state donated
@@ -48,7 +52,7 @@ latency). Only the ratios are meaningful, not the absolute times.
 Usage::
 
     .venv/bin/python benchmarks/shapes_bench.py [--rounds 11] [--steps 3]
-        [--shapes mlp deep_mlp transformer] [--write]
+        [--shapes mlp deep_mlp transformer wide_mlp] [--write]
 
 ``--write`` writes the tables to ``benchmarks/results_shapes.md``.
 """
@@ -118,6 +122,7 @@ def variants() -> dict[str, optax.GradientTransformation]:
 
 
 DEEP_LAYERS, DEEP_WIDTH, DEEP_BATCH = 64, 256, 8
+WIDE_LAYERS, WIDE_WIDTH = 12, 1024
 D_MODEL, HEADS, SEQ, T_BATCH, VOCAB, BLOCKS = 128, 4, 32, 4, 256, 12
 
 
@@ -201,6 +206,8 @@ def make_shape(name: str) -> Shape:
         return _nnx_shape("Flax MLP 64-1024-1024-10, batch 64", MLP(nnx.Rngs(0)), (x, y), mlp_loss)
     if name == "deep_mlp":
         return deep_mlp(DEEP_LAYERS, DEEP_WIDTH, DEEP_BATCH)
+    if name == "wide_mlp":
+        return deep_mlp(WIDE_LAYERS, WIDE_WIDTH, DEEP_BATCH)
     if name == "transformer":
         tokens = jax.random.randint(jax.random.key(1), (T_BATCH, SEQ + 1), 0, VOCAB)
 
@@ -218,7 +225,7 @@ def make_shape(name: str) -> Shape:
     raise ValueError(f"unknown shape {name!r}")
 
 
-SHAPES = ("mlp", "deep_mlp", "transformer")
+SHAPES = ("mlp", "deep_mlp", "transformer", "wide_mlp")
 
 
 # ----------------------------------------------------------------------------- graph size
