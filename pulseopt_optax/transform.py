@@ -517,29 +517,13 @@ def _step_or_skip(
 
 
 def _refresh_snapshot(
-    take: jax.Array,
-    snapshot: GuardSnapshot,
-    params: optax.Params,
-    inner_state: optax.OptState,
-    measure: bool,
-) -> tuple[GuardSnapshot, jax.Array | None, jax.Array]:
+    take: jax.Array, snapshot: GuardSnapshot, params: optax.Params, inner_state: optax.OptState
+) -> tuple[GuardSnapshot, jax.Array]:
     """The snapshot, with ``(params, inner_state)`` in it when ``take``.
 
-    Also returns, with ``measure``, the distance from the old snapshot's
-    parameters to ``params`` when ``take`` (else 0), and ``False`` computed
-    after the snapshot is taken (see `_after`). The distance is measured in a
-    loop of its own, ordered before the one that overwrites the old snapshot
-    in place (in one loop XLA would copy the old parameters to measure them).
+    Also returns ``False`` computed after the snapshot is taken (see `_after`).
+    Whatever reads the old snapshot must be ordered before (see `_measure`).
     """
-    dtype = core.float_dtype()
-    moved = jnp.zeros((), dtype)
-    if measure:
-
-        def distance() -> jax.Array:
-            return _global_norm(jax.tree.map(jnp.subtract, params, snapshot.snapshot_params), dtype)
-
-        measuring, moved = _once(take, distance, moved)
-        take = _after(measuring, take)
 
     def refresh() -> GuardSnapshot:
         return snapshot._replace(
@@ -547,7 +531,7 @@ def _refresh_snapshot(
         )
 
     pending, refreshed = _once(take, refresh, snapshot)
-    return refreshed, (moved if measure else None), pending
+    return refreshed, pending
 
 
 def _empty_snapshot(params: optax.Params, inner: optax.GradientTransformation) -> GuardSnapshot:
@@ -623,33 +607,57 @@ def raise_if_misplaced(snapshot: GuardSnapshot | optax.EmptyState) -> None:
     )
 
 
-def _check_landing(snapshot: GuardSnapshot, params: optax.Params) -> tuple[jax.Array, jax.Array]:
-    """Whether the previous update reached ``params`` unchanged; record it if not.
+class _Measured(NamedTuple):
+    """What `_measure` found: the parameters' distance to the snapshot, and their norm."""
 
-    Returns ``snapshot.misplaced_landing`` updated with this check (sticky: the
-    first misplacement stays) and ``False`` computed after the check (see
-    `_after`). After a snapshot the parameters should be the update's norm
-    away from it, after a rollback on it, up to the rounding of ``params +
-    updates`` and a 1% margin. One distance per episode (and after each
-    rollback). The result stays on the device: a host callback here would
-    cost every step a round trip.
+    distance: jax.Array
+    size: jax.Array
+
+
+def _measure(
+    run: jax.Array, snapshot: GuardSnapshot, params: optax.Params
+) -> tuple[jax.Array, _Measured]:
+    """``|params - snapshot_params|`` and ``|params|`` when ``run`` (else NaN).
+
+    One loop serves both readers of that distance: the landing check (the
+    step after a snapshot or a rollback) and growth's displacement (a step
+    that takes a snapshot), so the program holds one copy of each norm. Also
+    returns ``False`` computed after the loop (see `_after`): the snapshot may
+    be overwritten in place only then.
     """
     dtype = core.float_dtype()
-    expected = snapshot.landing_distance
-    slack_per_norm = 4.0 * _epsilon(params)
 
-    def check() -> jax.Array:
-        distance = _global_norm(jax.tree.map(jnp.subtract, params, snapshot.snapshot_params), dtype)
-        size = _global_norm(params, dtype)
-        slack = 1e-2 * snapshot.landing_update_norm + slack_per_norm * (
-            size + snapshot.landing_update_norm
+    def measure() -> _Measured:
+        return _Measured(
+            distance=_global_norm(
+                jax.tree.map(jnp.subtract, params, snapshot.snapshot_params), dtype
+            ),
+            size=_global_norm(params, dtype),
         )
-        misplaced = jnp.abs(distance - expected) > slack
-        first = misplaced & jnp.isnan(snapshot.misplaced_landing[0])
-        return jnp.where(first, jnp.stack([distance, expected]), snapshot.misplaced_landing)
 
-    pending, found = _once(jnp.isfinite(expected), check, snapshot.misplaced_landing)
-    return found, pending
+    nothing = jnp.full((), jnp.nan, dtype)
+    return _once(run, measure, _Measured(nothing, nothing))
+
+
+def _check_landing(snapshot: GuardSnapshot, params: optax.Params, measured: _Measured) -> jax.Array:
+    """``snapshot.misplaced_landing`` updated with this step's landing check.
+
+    Whether the previous update reached ``params`` unchanged; the first
+    misplacement found stays. After a snapshot the parameters should be the
+    update's norm away from it, after a rollback on it, up to the rounding of
+    ``params + updates`` and a 1% margin. ``measured`` must hold the distance
+    wherever ``snapshot.landing_distance`` is finite (one distance per episode,
+    and after each rollback). The result stays on the device: a host callback
+    here would cost every step a round trip.
+    """
+    expected = snapshot.landing_distance
+    slack = 1e-2 * snapshot.landing_update_norm + 4.0 * _epsilon(params) * (
+        measured.size + snapshot.landing_update_norm
+    )
+    misplaced = jnp.isfinite(expected) & (jnp.abs(measured.distance - expected) > slack)
+    first = misplaced & jnp.isnan(snapshot.misplaced_landing[0])
+    found = jnp.stack([measured.distance, expected]).astype(snapshot.misplaced_landing.dtype)
+    return jnp.where(first, found, snapshot.misplaced_landing)
 
 
 def aees(
@@ -875,14 +883,20 @@ def aees(
                     "call update(updates, state, params, value=loss)."
                 )
             raise_if_misplaced(snapshot)
-            misplaced_landing, checking = _check_landing(snapshot, params)
-            snapshot = snapshot._replace(misplaced_landing=misplaced_landing)
             decision = guard_check(step_config, core_state, value)
             # A skipped step (non-finite gradients) changes nothing but the count.
-            # The snapshot is refreshed in place after the check has read it.
-            take = _after(checking, decision.take_snapshot & finite)
-            snapshot, displacement, pending = _refresh_snapshot(
-                take, snapshot, params, state.aees_inner_state, config.growth
+            take = decision.take_snapshot & finite
+            checks = jnp.isfinite(snapshot.landing_distance)
+            measuring, measured = _measure(
+                checks | take if config.growth else checks, snapshot, params
+            )
+            snapshot = snapshot._replace(
+                misplaced_landing=_check_landing(snapshot, params, measured)
+            )
+            displacement = jnp.where(take, measured.distance, 0.0) if config.growth else None
+            # The snapshot is refreshed in place after the measurement has read it.
+            snapshot, pending = _refresh_snapshot(
+                _after(measuring, take), snapshot, params, state.aees_inner_state
             )
             inner_structure = jax.tree.structure(state.aees_inner_state)
 
@@ -900,7 +914,7 @@ def aees(
 
             # Once an update went astray the snapshot cannot be restored: a spike
             # is then only a skipped step.
-            astray = ~jnp.isnan(misplaced_landing[0])
+            astray = ~jnp.isnan(snapshot.misplaced_landing[0])
             skipped = skipped | (decision.rollback & astray)
             rollback = decision.rollback & ~skipped
             stepped = finite & ~rollback & ~skipped
