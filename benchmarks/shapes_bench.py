@@ -31,9 +31,12 @@ always ``optax.adamw(1e-3)``):
   aees_trusting_no_norm   the same with ``track_update_norm=False`` as well: the
                    cheapest setting, nothing but the core's bookkeeping.
 
-Compile time is measured once per variant as ``jax.jit(step).lower(...)``
-(trace and lower) plus ``.compile()`` (XLA), after one throwaway compilation
-that warms XLA up; the compiled executable is then the one timed. Graph size is
+Compile time is ``jax.jit(step).lower(...)`` (trace and lower) plus
+``.compile()`` (XLA), each time from cleared caches, after one throwaway
+compilation that warms XLA up; the first compiled executable is the one
+timed. ``--compiles`` compilations per variant (the first in order, the
+others in rounds over all variants in shuffled order); the tables give
+medians, and compile ratios are medians of per-round ratios. Graph size is
 counted twice: operations in the lowered StableHLO module (what the program
 asks for, the core's functions included) and instructions in the optimized
 HLO module (``compiled.as_text()``, every computation), with its copies,
@@ -51,7 +54,7 @@ latency). Only the ratios are meaningful, not the absolute times.
 
 Usage::
 
-    .venv/bin/python benchmarks/shapes_bench.py [--rounds 11] [--steps 3]
+    .venv/bin/python benchmarks/shapes_bench.py [--rounds 11] [--steps 3] [--compiles 3]
         [--shapes mlp deep_mlp transformer wide_mlp] [--write]
 
 ``--write`` writes the tables to ``benchmarks/results_shapes.md``.
@@ -262,14 +265,28 @@ class Runner:
     shape: str
     donated: bool
     variant: str
-    lower_s: float
-    compile_s: float
-    compile_cpu_s: float
     stablehlo_ops: int
     hlo: dict[str, int]
     run: Callable[[], tuple[float, float]]
+    recompile: Callable[[], tuple[float, float, float]]
+    compiles: list[tuple[float, float, float]] = field(default_factory=list)
     samples: list[float] = field(default_factory=list)
     cpu_samples: list[float] = field(default_factory=list)
+
+    @property
+    def lower_s(self) -> float:
+        """Median wall time of trace and lower."""
+        return statistics.median(c[0] for c in self.compiles)
+
+    @property
+    def compile_s(self) -> float:
+        """Median wall time of XLA's compilation."""
+        return statistics.median(c[1] for c in self.compiles)
+
+    @property
+    def compile_cpu_s(self) -> float:
+        """Median CPU time of trace, lower and compile."""
+        return statistics.median(c[2] for c in self.compiles)
 
 
 def make_step(shape: Shape, tx: optax.GradientTransformation) -> Callable:
@@ -295,12 +312,30 @@ def make_runner(
     # Distinct buffers for every leaf: an initial state may share one array
     # between two leaves, which cannot be donated twice.
     opt_state = jax.tree.map(jnp.copy, tx.init(params))
-    jitted = jax.jit(train_step, donate_argnums=(0, 1) if donated else ())
-    begin, begin_cpu = time.perf_counter(), time.process_time()
-    lowered = jitted.lower(params, opt_state, shape.batch)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    compiled_at, compiled_cpu = time.perf_counter(), time.process_time()
+    # Compilations see shapes only: the arrays themselves are donated to the first steps.
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        (params, opt_state, shape.batch),
+    )
+
+    def compile_once() -> tuple[
+        jax.stages.Lowered, jax.stages.Compiled, tuple[float, float, float]
+    ]:
+        """Trace, lower and compile afresh: (lowered, compiled, (lower s, compile s, CPU s))."""
+        jax.clear_caches()  # nothing reused from an earlier compilation of the same program
+        jitted = jax.jit(train_step, donate_argnums=(0, 1) if donated else ())
+        begin, begin_cpu = time.perf_counter(), time.process_time()
+        lowered = jitted.lower(*abstract)
+        lowered_at = time.perf_counter()
+        compiled = lowered.compile()
+        compiled_at, compiled_cpu = time.perf_counter(), time.process_time()
+        return (
+            lowered,
+            compiled,
+            (lowered_at - begin, compiled_at - lowered_at, compiled_cpu - begin_cpu),
+        )
+
+    lowered, compiled, first = compile_once()
     state = {"params": params, "opt_state": opt_state}
 
     def run() -> tuple[float, float]:
@@ -319,12 +354,11 @@ def make_runner(
         shape=shape_name,
         donated=donated,
         variant=variant,
-        lower_s=lowered_at - begin,
-        compile_s=compiled_at - lowered_at,
-        compile_cpu_s=compiled_cpu - begin_cpu,
         stablehlo_ops=stablehlo_ops(lowered.as_text()),
         hlo=hlo_stats(compiled.as_text() or ""),
         run=run,
+        recompile=lambda: compile_once()[2],
+        compiles=[first],
     )
 
 
@@ -336,7 +370,9 @@ def warm_up_xla() -> None:
     jax.jit(step).lower(shape.params, tx.init(shape.params), shape.batch).compile()
 
 
-def measure(shape_names: list[str], rounds: int, steps: int, seed: int = 0) -> list[Runner]:
+def measure(
+    shape_names: list[str], rounds: int, steps: int, compiles: int = 3, seed: int = 0
+) -> list[Runner]:
     warm_up_xla()
     runners: list[Runner] = []
     for shape_name in shape_names:
@@ -352,6 +388,12 @@ def measure(shape_names: list[str], rounds: int, steps: int, seed: int = 0) -> l
                 )
                 runners.append(runner)
     shuffler = random.Random(seed)
+    for index in range(1, compiles):
+        order = list(runners)
+        shuffler.shuffle(order)
+        for runner in order:
+            runner.compiles.append(runner.recompile())
+        print(f"compilation round {index + 1}/{compiles}", file=sys.stderr, flush=True)
     groups: dict[tuple[str, bool], list[Runner]] = {}
     for runner in runners:
         groups.setdefault((runner.shape, runner.donated), []).append(runner)
@@ -378,27 +420,37 @@ def _paired(numerator: Runner, denominator: Runner, cpu: bool = False) -> float:
     return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
 
 
+def _paired_compile(numerator: Runner, denominator: Runner) -> float:
+    """Median over compilation rounds of the ratio of CPU times (lower plus compile)."""
+    pairs = zip(numerator.compiles, denominator.compiles, strict=True)
+    return statistics.median(a[2] / b[2] for a, b in pairs)
+
+
 def _ok(value: float, limit: float, strict: bool = False) -> str:
     return "yes" if value < limit or (value == limit and not strict) else "NO"
 
 
-def report(runners: list[Runner], shape_names: list[str], rounds: int, steps: int) -> str:
+def report(
+    runners: list[Runner], shape_names: list[str], rounds: int, steps: int, compiles: int
+) -> str:
     cpu = platform.processor() or platform.machine()
     by_key = {(r.shape, r.donated, r.variant): r for r in runners}
     names = list(variants())
     lines = [
         "## optax adapter on real model shapes: step time, compile time, graph size",
         "",
-        f"`python benchmarks/shapes_bench.py --rounds {rounds} --steps {steps} --shapes "
+        f"`python benchmarks/shapes_bench.py --rounds {rounds} --steps {steps} "
+        f"--compiles {compiles} --shapes "
         f"{' '.join(shape_names)}` on {os.cpu_count()} CPU cores ({cpu}), "
         f"{jax.default_backend()} backend, jax {jax.__version__}, optax {optax.__version__}. "
         "Inner optimizer `optax.adamw(1e-3)`; aees variants use `lr_candidates=(0.5, 1, 2), "
         "seed=0`. Step ratios: medians over rounds of per-round ratios against the same shape "
         "and donation mode, whose variants run back to back in shuffled order (wall time; "
         "the process's CPU time per step beside it); compile: `jax.jit(step).lower(...)` "
-        "plus `.compile()`, once per "
-        "variant, wall time and the process's CPU time (trace, lower and compile; the ratios "
-        "use CPU time, which other work on a shared machine disturbs far less). Graph size: "
+        f"plus `.compile()` from a cleared cache, {compiles} times per variant in shuffled "
+        "rounds over all variants: medians of the wall times and of the process's CPU time "
+        "(trace, lower and compile); the ratios are medians over rounds of the per-round "
+        "ratios of CPU time, which other work on a shared machine disturbs far less. Graph size: "
         "StableHLO operations of the lowered step, and instructions in "
         "the optimized HLO (copies, fusions and conditionals among them).",
         "",
@@ -427,7 +479,7 @@ def report(runners: list[Runner], shape_names: list[str], rounds: int, steps: in
                     f"{statistics.median(r.samples) * 1e3:.2f} | {_paired(r, adamw):.3f}x | "
                     f"{_paired(r, skip):.3f}x | {_paired(r, adamw, cpu=True):.3f}x | "
                     f"{_paired(r, skip, cpu=True):.3f}x | {r.lower_s:.2f} | {r.compile_s:.2f} | "
-                    f"{r.compile_cpu_s:.2f} | {r.compile_cpu_s / adamw.compile_cpu_s:.2f}x | "
+                    f"{r.compile_cpu_s:.2f} | {_paired_compile(r, adamw):.2f}x | "
                     f"{r.stablehlo_ops} | {r.hlo['instructions']} | "
                     f"{r.hlo['copies']} | {r.hlo['fusions']} | {r.hlo['conditionals']} |"
                 )
@@ -441,7 +493,6 @@ def report(runners: list[Runner], shape_names: list[str], rounds: int, steps: in
     for shape_name in shape_names:
         for donated in (True, False):
             group = {name: by_key[(shape_name, donated, name)] for name in names}
-            compile_s = {name: run.compile_cpu_s for name, run in group.items()}
             checks = [
                 ("aees / adamw (step)", _paired(group["aees"], group["adamw"]), BAR_DEFAULTS),
                 (
@@ -466,12 +517,12 @@ def report(runners: list[Runner], shape_names: list[str], rounds: int, steps: in
                 ),
                 (
                     "aees / adamw (compile, CPU time)",
-                    compile_s["aees"] / compile_s["adamw"],
+                    _paired_compile(group["aees"], group["adamw"]),
                     BAR_COMPILE_DEFAULTS,
                 ),
                 (
                     "aees_robust / adamw (compile, CPU time)",
-                    compile_s["aees_robust"] / compile_s["adamw"],
+                    _paired_compile(group["aees_robust"], group["adamw"]),
                     BAR_COMPILE_ROBUST,
                 ),
             ]
@@ -491,11 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--steps", type=int, default=3, help="consecutive steps per sample")
+    parser.add_argument(
+        "--compiles", type=int, default=3, help="compilations per variant (medians)"
+    )
     parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
     parser.add_argument("--write", action="store_true", help="write benchmarks/results_shapes.md")
     args = parser.parse_args(argv)
-    runners = measure(args.shapes, args.rounds, args.steps)
-    section = report(runners, args.shapes, args.rounds, args.steps)
+    if args.compiles < 1:
+        parser.error("--compiles must be at least 1")
+    runners = measure(args.shapes, args.rounds, args.steps, args.compiles)
+    section = report(runners, args.shapes, args.rounds, args.steps, args.compiles)
     return publish(section, RESULTS, args.write)
 
 
