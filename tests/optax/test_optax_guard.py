@@ -142,6 +142,46 @@ def test_the_robust_preset_grows_the_multiplier_along_a_straight_path() -> None:
     assert float(optax.tree.get(state, "straightness")) == pytest.approx(1.0, rel=1e-5)
 
 
+def test_growth_measures_the_distance_between_snapshots_on_a_winding_path() -> None:
+    # Momentum on an elongated bowl: the path overshoots and turns, so the
+    # distance between snapshots is well below the path length.
+    tx = pulseopt_optax.aees(
+        optax.sgd(0.05, momentum=0.9), episode_length=EPISODE, preset="robust", seed=0
+    )
+    params = {"w": jnp.asarray([3.0, -2.0], jnp.float32), "b": jnp.asarray([1.5], jnp.float32)}
+
+    def loss_fn(p):
+        return 10.0 * p["w"][0] ** 2 + p["w"][1] ** 2 + 4.0 * p["b"][0] ** 2 + 0.1
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = tx.update(grads, state, params, value=loss)
+        return optax.apply_updates(params, updates), state
+
+    def flat(p) -> np.ndarray:
+        return np.concatenate([np.asarray(leaf, np.float64) for leaf in jax.tree.leaves(p)])
+
+    state = tx.init(params)
+    history, snapshots, measured = [flat(params)], [], []
+    for index in range(6 * EPISODE):
+        params, state = step(params, state)
+        history.append(flat(params))
+        if bool(optax.tree.get(state, "take_snapshot")):
+            snapshots.append(index)
+            measured.append(float(optax.tree.get(state, "straightness")))
+    # A step that takes a snapshot keeps the parameters it started from; its
+    # own update opens the next segment.
+    assert len(snapshots) >= 4
+    for previous, current, straightness in zip(
+        snapshots[1:-1], snapshots[2:], measured[2:], strict=True
+    ):
+        distance = np.linalg.norm(history[current] - history[previous])
+        path = sum(np.linalg.norm(history[j + 1] - history[j]) for j in range(previous, current))
+        assert straightness == pytest.approx(distance / path, rel=1e-4)
+    assert min(measured[2:]) < 0.9
+
+
 def test_growth_off_keeps_the_multiplier() -> None:
     tx = pulseopt_optax.aees(
         optax.sgd(1e-4), episode_length=EPISODE, guard=True, max_lr_scale=64.0, seed=0
